@@ -1,0 +1,191 @@
+"""`PruneConfig`: every pruning option, validated once and shared by the TD-MPC2, SB3 and CLI paths."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
+
+from .errors import PruneConfigError
+
+CRITERIA = ("grad", "fisher", "bayes", "combined", "magnitude", "taylor", "random")
+SCHEDULES = ("oneshot", "iterative", "gradual")
+COUPLING = ("protect", "prune")
+SCOPES = ("local", "global")
+
+Step = Union[int, float]
+
+
+def _near(name: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=3, cutoff=0.5)
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+@dataclass
+class PruneConfig:
+    """Options of the component-aware pruner.
+
+    Step-valued options (`start`, `end`, `l1_period`) accept a float in [0, 1] (a fraction of the
+    run's total optimizer steps) or an int (an absolute optimizer step).
+    """
+
+    criterion: str = "bayes"  # grad | fisher | bayes | combined | magnitude | taylor | random
+    sparsity: float = 0.5  # fraction of prunable channels removed, in [0, 1)
+    schedule: str = "gradual"  # oneshot | iterative | gradual
+    start: Step = 0.2  # first pruning step
+    end: Step = 0.8  # last pruning step (iterative / gradual)
+    iterations: int = 10  # number of pruning events for iterative / gradual
+    budgets: Dict[str, float] = field(default_factory=dict)  # component -> sparsity override
+    coupling: str = "protect"  # protect | prune: whether coupling groups (shared latent) are pruned
+    coupling_sparsity: Optional[float] = None  # sparsity of coupling groups when pruned (default: sparsity)
+    scope: str = "local"  # local: every group to its target; global: one ranking across groups
+    l1: float = 0.0  # lambda_max of the cosine-scheduled group-lasso pressure; 0 disables it
+    l1_period: Step = 0.25  # T of the cosine schedule
+    physical: bool = True  # True: layers really shrink; False: reversible exact-zero masks
+    ema: float = 0.9  # gamma of the statistics' exponential moving average
+    prior_strength: float = 1.0  # beta_0 of the Gamma prior (pseudo-observations)
+    exclude: Sequence[str] = ()  # module names whose channels are never pruned
+    seed: int = 0  # seed of the random criterion
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ----------------------------------------------------------------------------- validation
+    def validate(self) -> "PruneConfig":
+        if self.criterion not in CRITERIA:
+            raise PruneConfigError(
+                f"unknown criterion {self.criterion!r}; choose one of {', '.join(CRITERIA)}.{_near(str(self.criterion), CRITERIA)}"
+            )
+        if self.schedule not in SCHEDULES:
+            raise PruneConfigError(
+                f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}.{_near(str(self.schedule), SCHEDULES)}"
+            )
+        if self.coupling not in COUPLING:
+            raise PruneConfigError(f"coupling must be 'protect' or 'prune', got {self.coupling!r}")
+        if self.scope not in SCOPES:
+            raise PruneConfigError(f"scope must be 'local' or 'global', got {self.scope!r}")
+        _check_sparsity("sparsity", self.sparsity)
+        if self.coupling_sparsity is not None:
+            _check_sparsity("coupling_sparsity", self.coupling_sparsity)
+        for name, value in dict(self.budgets).items():
+            _check_sparsity(f"budgets[{name!r}]", value, whole_layer_hint=True)
+        for name in ("start", "end", "l1_period"):
+            _check_step(name, getattr(self, name))
+        if isinstance(self.l1_period, (int, float)) and float(self.l1_period) == 0.0:
+            raise PruneConfigError("l1_period must be > 0 (a fraction of the run or a number of steps)")
+        if not isinstance(self.iterations, int) or isinstance(self.iterations, bool) or self.iterations < 1:
+            raise PruneConfigError(f"iterations must be an int >= 1, got {self.iterations!r}")
+        if not (isinstance(self.l1, (int, float)) and self.l1 >= 0):
+            raise PruneConfigError(f"l1 must be a number >= 0 (0 disables the pressure), got {self.l1!r}")
+        if not (isinstance(self.ema, (int, float)) and 0.0 <= self.ema < 1.0):
+            raise PruneConfigError(f"ema must be in [0, 1), got {self.ema!r}")
+        if not (isinstance(self.prior_strength, (int, float)) and self.prior_strength > 0):
+            raise PruneConfigError(f"prior_strength must be > 0, got {self.prior_strength!r}")
+        if isinstance(self.exclude, str):
+            self.exclude = (self.exclude,)
+        return self
+
+    def resolve_step(self, value: Step, total_steps: Optional[int]) -> int:
+        """Turn a fraction of the run into an absolute step (ints are absolute already)."""
+        if isinstance(value, float):
+            if total_steps is None:
+                raise PruneConfigError(
+                    "a fractional step option (start/end/l1_period) needs the run length: "
+                    "pass total_steps= to attach(), or give the option as an int step"
+                )
+            return int(round(value * total_steps))
+        return int(value)
+
+    # ----------------------------------------------------------------------------- (de)serialise
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["exclude"] = list(self.exclude)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "PruneConfig":
+        names = {f.name for f in fields(cls)}
+        for key in d:
+            if key not in names:
+                raise PruneConfigError(f"unknown prune option {key!r}.{_near(key, sorted(names))} Options: {', '.join(sorted(names))}")
+        return cls(**dict(d))
+
+    @classmethod
+    def from_overrides(cls, tokens: Sequence[str], prefix: str = "prune.") -> "PruneConfig":
+        """Parse hydra-style `prune.key=value` tokens (budgets as `prune.budgets.<component>=0.3`)."""
+        values: Dict[str, Any] = {}
+        budgets: Dict[str, float] = {}
+        types = {f.name: f.type for f in fields(cls)}
+        for tok in tokens:
+            if "=" not in tok:
+                raise PruneConfigError(f"bad override {tok!r}: write {prefix}<option>=<value>")
+            key, raw = tok.split("=", 1)
+            if prefix and key.startswith(prefix):
+                key = key[len(prefix):]
+            if key.startswith("budgets."):
+                budgets[key[len("budgets."):]] = _parse_number(f"{prefix}{key}", raw)
+                continue
+            if key not in types:
+                raise PruneConfigError(
+                    f"unknown prune option {prefix}{key!r}.{_near(key, sorted(types))} Options: {', '.join(sorted(types))}"
+                )
+            values[key] = _parse_value(f"{prefix}{key}", raw, str(types[key]))
+        if budgets:
+            values["budgets"] = {**values.get("budgets", {}), **budgets}
+        return cls.from_dict(values)
+
+
+def _check_sparsity(name: str, value: Any, whole_layer_hint: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= float(value) < 1.0
+    if not ok:
+        hint = " (1.0 would remove the whole layer)" if whole_layer_hint or value == 1 else ""
+        raise PruneConfigError(f"{name} must be a fraction in [0, 1), got {value!r}{hint}")
+
+
+def _check_step(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PruneConfigError(f"{name} must be a fraction of the run (float in [0, 1]) or a step (int >= 0), got {value!r}")
+    if isinstance(value, float) and not 0.0 <= value <= 1.0:
+        raise PruneConfigError(
+            f"{name}={value!r}: a float is a fraction of the run and must lie in [0, 1]; give an int for an absolute step"
+        )
+    if isinstance(value, int) and value < 0:
+        raise PruneConfigError(f"{name} must be >= 0, got {value!r}")
+
+
+def _parse_number(name: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise PruneConfigError(f"{name}={raw!r} is not a number") from None
+
+
+def _parse_value(name: str, raw: str, type_name: str) -> Any:
+    """Parse one override value by the dataclass field's annotated type."""
+    low = raw.strip().lower()
+    if type_name == "bool":
+        if low in ("true", "1", "yes"):
+            return True
+        if low in ("false", "0", "no"):
+            return False
+        raise PruneConfigError(f"{name}={raw!r}: expected true or false")
+    if type_name == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise PruneConfigError(f"{name}={raw!r}: expected an integer") from None
+    if type_name in ("float", "Optional[float]"):
+        if type_name.startswith("Optional") and low in ("none", "null"):
+            return None
+        return _parse_number(name, raw)
+    if type_name == "Step":
+        try:
+            return int(raw)
+        except ValueError:
+            return _parse_number(name, raw)
+    if type_name.startswith("Sequence"):
+        body = raw.strip().strip("[]")
+        return tuple(s.strip() for s in body.split(",") if s.strip())
+    if type_name.startswith("Dict"):
+        raise PruneConfigError(f"{name}: give budgets one by one as prune.budgets.<component>=<sparsity>")
+    return raw

@@ -1,0 +1,9 @@
+"""Errors raised for bad input: each message names the problem and the fix."""
+
+
+class PruneError(ValueError):
+    """The model, its components or a pruning request cannot be handled as given."""
+
+
+class PruneConfigError(PruneError):
+    """A pruning option has a bad value."""

@@ -1,0 +1,295 @@
+"""What torch-pruning's dependency graph cannot see, and how we show it.
+
+Group discovery traces a *view* of the model in which three kinds of layer are swapped, in place
+and only for the duration of the trace, for plain equivalents that torch-pruning understands:
+
+* a Linear subclass that owns its LayerNorm and activation (tdmpc2's `NormedLinear`) becomes
+  `Linear -> Dropout -> LayerNorm -> act` sharing the very same Parameters and LayerNorm module;
+* a SimNorm (softmax over groups of `dim` channels) becomes a `BlockMarker`: an element-wise op
+  that tells discovery to prune the channels it sees in whole simplices of `dim`;
+* a vmapped ensemble over stacked parameters (our `StackedEnsemble`, or tensordict `from_modules`
+  as in the official tdmpc2) becomes its first member as ordinary modules; every tensor of that
+  member maps back to the stacked tensor with one leading (member) dim, so one channel width is
+  shared by all members.
+
+`TraceMap` records how to get from the traced view back to the real tensors and modules.
+This module also holds the masked LayerNorm used by mask mode.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .ensemble import StackedEnsemble
+
+
+class BlockMarker(nn.Module):
+    """Trace-time stand-in for SimNorm: element-wise, remembers the simplex size."""
+
+    def __init__(self, block: int):
+        super().__init__()
+        self.block = int(block)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 1.0
+
+
+class _NormedLinearView(nn.Module):
+    """Trace-time stand-in for a Linear that owns its LayerNorm (shares Parameters and the LN)."""
+
+    def __init__(self, layer: nn.Linear):
+        super().__init__()
+        lin = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
+        lin.weight = layer.weight
+        lin.bias = layer.bias
+        self.lin = lin
+        self.dropout = getattr(layer, "dropout", None) or nn.Identity()
+        self.ln = layer.ln
+        self.act = layer.act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.ln(self.dropout(self.lin(x))))
+
+
+class _EnsembleView(nn.Module):
+    """Trace-time stand-in for a vmapped ensemble: member 0 as plain modules, output stacked."""
+
+    def __init__(self, member: nn.Module, n: int):
+        super().__init__()
+        self.member = member
+        self.n = n
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        y = self.member(*args)
+        return y.unsqueeze(0).expand(self.n, *y.shape)
+
+
+@dataclass
+class TraceMap:
+    """Maps traced-view objects back to the real model."""
+
+    tensors: Dict[int, Tuple[torch.Tensor, int]] = field(default_factory=dict)  # id(view tensor) -> (real, lead dims)
+    modules: Dict[int, nn.Module] = field(default_factory=dict)  # id(view module) -> real module
+    names: Dict[int, str] = field(default_factory=dict)  # id(view module) -> real qualified name
+
+    def tensor(self, t: torch.Tensor) -> Tuple[torch.Tensor, int]:
+        return self.tensors.get(id(t), (t, 0))
+
+    def module(self, m: nn.Module) -> nn.Module:
+        return self.modules.get(id(m), m)
+
+
+# ----------------------------------------------------------------------------------- detection
+def is_normed_linear(m: nn.Module) -> bool:
+    return isinstance(m, nn.Linear) and type(m) is not nn.Linear and isinstance(getattr(m, "ln", None), nn.LayerNorm)
+
+
+def is_simnorm(m: nn.Module) -> bool:
+    return type(m).__name__ == "SimNorm" and isinstance(getattr(m, "dim", None), int)
+
+
+def is_tensordict_ensemble(m: nn.Module) -> bool:
+    params = getattr(m, "params", None)
+    return (
+        hasattr(params, "flatten_keys")
+        and hasattr(params, "batch_size")
+        and isinstance(getattr(m, "module", None), nn.Module)
+    )
+
+
+def is_ensemble(m: nn.Module) -> bool:
+    return isinstance(m, StackedEnsemble) or is_tensordict_ensemble(m)
+
+
+def ensemble_tensors(m: nn.Module) -> Dict[str, torch.Tensor]:
+    """Stacked tensors of an ensemble by template parameter name (same objects, not copies)."""
+    if isinstance(m, StackedEnsemble):
+        return m.tensor_dict()
+    td = m.params
+    out: Dict[str, torch.Tensor] = {}
+    for key in td.keys(include_nested=True, leaves_only=True):
+        name = ".".join(key) if isinstance(key, tuple) else key
+        out[name] = td.get(key)
+    return out
+
+
+def ensemble_template(m: nn.Module) -> nn.Module:
+    return m.template if isinstance(m, StackedEnsemble) else m.module
+
+
+def named_tensors(m: nn.Module) -> Dict[str, torch.Tensor]:
+    """Every tensor that carries state of `m`: stacked ensemble tensors or parameters and buffers."""
+    out: Dict[str, torch.Tensor] = {}
+    for name, sub in m.named_modules():
+        prefix = f"{name}." if name else ""
+        if is_ensemble(sub):
+            for k, v in ensemble_tensors(sub).items():
+                out[f"{prefix}{k}"] = v
+    inside = tuple(f"{n}." for n, s in m.named_modules() if is_ensemble(s) and n)
+    for name, t in list(m.named_parameters()) + list(m.named_buffers()):
+        if name not in out and not (inside and name.startswith(inside)) and not (is_ensemble(m) and name.startswith("params")):
+            out[name] = t
+    return out
+
+
+def named_norms(m: nn.Module) -> Dict[str, nn.LayerNorm]:
+    """LayerNorms of `m` by name, ensemble templates included (under the ensemble's name)."""
+    out: Dict[str, nn.LayerNorm] = {}
+    for name, sub in m.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(sub, nn.LayerNorm):
+            out[name] = sub
+        if is_ensemble(sub):
+            for tname, tsub in ensemble_template(sub).named_modules():
+                if isinstance(tsub, nn.LayerNorm):
+                    out[f"{prefix}{tname}"] = tsub
+    return out
+
+
+# ----------------------------------------------------------------------------------- the view
+def _ensemble_view(ens: nn.Module, name: str, tmap: TraceMap) -> nn.Module:
+    template = ensemble_template(ens)
+    stacked = ensemble_tensors(ens)
+    first = next(iter(stacked.values()))
+    member = copy.deepcopy(template).to_empty(device=first.device)
+    view_params = dict(member.named_parameters())
+    for pname, t in stacked.items():
+        if pname not in view_params:
+            raise TypeError(f"ensemble {name!r}: stacked tensor {pname!r} has no parameter in its template module")
+        with torch.no_grad():
+            view_params[pname].data = t[0].detach().clone().to(view_params[pname].dtype)
+        view_params[pname].requires_grad_(True)
+        tmap.tensors[id(view_params[pname])] = (t, 1)
+    real_modules = dict(template.named_modules())
+    for mname, mod in member.named_modules():
+        tmap.modules[id(mod)] = real_modules[mname]
+        tmap.names[id(mod)] = f"{name}.{mname}" if mname else name
+    return _EnsembleView(member, int(first.shape[0]))
+
+
+def _swap(module: nn.Module, name: str, tmap: TraceMap) -> Optional[nn.Module]:
+    """Return the trace-time stand-in for `module`, or None if it needs none."""
+    if is_ensemble(module):
+        return _ensemble_view(module, name, tmap)
+    if is_normed_linear(module):
+        view = _NormedLinearView(module)
+        tmap.names[id(view.lin)] = tmap.names.get(id(module), name)
+        tmap.modules[id(view.lin)] = tmap.modules.get(id(module), module)
+        return view
+    if is_simnorm(module):
+        return BlockMarker(module.dim)
+    return None
+
+
+@contextlib.contextmanager
+def trace_view(model: nn.Module) -> Iterator[TraceMap]:
+    """Swap the special layers of `model` for traceable stand-ins; restore them (and train mode) on exit."""
+    tmap = TraceMap()
+    for name, mod in model.named_modules():
+        tmap.names[id(mod)] = name
+    swapped: List[Tuple[nn.Module, str, nn.Module]] = []
+    training = {m: m.training for m in model.modules()}
+    try:
+        stack: List[Tuple[nn.Module, str]] = [(model, "")]
+        while stack:
+            parent, pname = stack.pop()
+            for child_name, child in list(parent._modules.items()):
+                if child is None:
+                    continue
+                qual = tmap.names.get(id(child)) or (f"{pname}.{child_name}" if pname else child_name)
+                tmap.names.setdefault(id(child), qual)
+                view = _swap(child, qual, tmap)
+                if view is not None:
+                    parent._modules[child_name] = view
+                    swapped.append((parent, child_name, child))
+                    child = view
+                stack.append((child, qual))
+        yield tmap
+    finally:
+        for parent, child_name, original in reversed(swapped):
+            parent._modules[child_name] = original
+        for m, mode in training.items():
+            m.training = mode
+
+
+# ----------------------------------------------------------------------------------- masked LN
+def masked_layer_norm(
+    x: torch.Tensor, keep: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float
+) -> torch.Tensor:
+    """LayerNorm over the kept channels only; masked channels come out as exact zeros.
+
+    With `k = sum(keep)`: mean = sum(x*keep)/k, var = sum(((x-mean)*keep)^2)/k,
+    y = ((x-mean)/sqrt(var+eps)*weight + bias) * keep -- identical to LayerNorm on the kept slice.
+    """
+    m = keep.to(x.dtype)
+    k = m.sum()
+    mean = (x * m).sum(-1, keepdim=True) / k
+    centred = (x - mean) * m
+    var = (centred * centred).sum(-1, keepdim=True) / k
+    y = centred * torch.rsqrt(var + eps)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y * m
+
+
+def masked_norm_hook(keep: torch.Tensor) -> Callable:
+    """A forward hook that recomputes a LayerNorm's output over the kept channels."""
+
+    def hook(module: nn.LayerNorm, inputs: Tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        return masked_layer_norm(inputs[0], keep, module.weight, module.bias, module.eps)
+
+    return hook
+
+
+# ----------------------------------------------------------------------------------- shape sync
+def sync_shape_attributes(root: nn.Module) -> None:
+    """Make the size attributes of standard layers agree with their (possibly shrunken) tensors."""
+    for m in root.modules():
+        if is_ensemble(m):
+            sync_ensemble_template(m)
+        _sync_one(m)
+
+
+def _sync_one(m: nn.Module) -> None:
+    w = getattr(m, "weight", None)
+    if not isinstance(w, torch.Tensor):
+        return
+    if isinstance(m, nn.Linear):
+        m.out_features, m.in_features = int(w.shape[0]), int(w.shape[1])
+    elif isinstance(m, nn.LayerNorm):
+        m.normalized_shape = tuple(int(s) for s in w.shape)
+    elif isinstance(m, nn.Embedding):
+        m.num_embeddings, m.embedding_dim = int(w.shape[0]), int(w.shape[1])
+    elif isinstance(m, nn.modules.conv._ConvNd):
+        m.out_channels, m.in_channels = int(w.shape[0]), int(w.shape[1]) * m.groups
+    elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+        m.num_features = int(w.shape[0])
+
+
+def sync_ensemble_template(ens: nn.Module) -> None:
+    """Resize the (meta) template of an ensemble to its stacked tensors, then sync its attributes."""
+    template = ensemble_template(ens)
+    for name, t in ensemble_tensors(ens).items():
+        owner_name, _, attr = name.rpartition(".")
+        owner = template.get_submodule(owner_name) if owner_name else template
+        shape = tuple(t.shape[1:])
+        current = getattr(owner, attr, None)
+        if isinstance(current, torch.Tensor) and tuple(current.shape) == shape:
+            continue
+        meta = torch.empty(shape, device="meta", dtype=t.dtype)
+        if attr in owner._parameters:
+            owner._parameters[attr] = nn.Parameter(meta, requires_grad=t.requires_grad)
+        elif attr in owner._buffers:
+            owner._buffers[attr] = meta
+        else:
+            setattr(owner, attr, meta)
+    for m in template.modules():
+        _sync_one(m)
