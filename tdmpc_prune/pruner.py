@@ -103,7 +103,7 @@ class Pruner:
         self._callbacks: List[Callable[["Pruner"], None]] = []
         self.stats.rebuild(self.surgeon, self.alive)
         self.dense_params = self.param_count()
-        self._dense_flops: Optional[int] = None
+        self._dense_flops: Optional[int] = self.flops()
 
     # ============================================================================ wiring
     def attach(
@@ -355,8 +355,6 @@ class Pruner:
             "events": float(len(self.history)),
         }
         if with_flops:
-            if self._dense_flops is None and not self.history:
-                self._dense_flops = self.flops()
             flops = self.flops()
             out["flops"] = float(flops)
             if self._dense_flops:

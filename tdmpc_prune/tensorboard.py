@@ -1,0 +1,141 @@
+"""The shared `prune/*` TensorBoard view, written through any sink (SummaryWriter, SB3's logger).
+
+Tags (CleanRL-style namespaces):
+    prune/sparsity, prune/params, prune/params_ratio, prune/flops, prune/flops_ratio,
+    prune/skipped_steps, prune/events                      scalars
+    prune/importance/<group id>                            scalar, coupling groups
+    prune/lambda/<group id>                                scalar, the group's current L1 pressure
+    prune/importance_hist/<component>                      histogram of unit importances
+    prune/importance_heatmap                               image: groups x logged steps
+"""
+from __future__ import annotations
+
+import io
+from typing import Dict, List, Mapping, Optional, Protocol
+
+import numpy as np
+import torch
+
+from .pruner import Pruner
+
+
+class Sink(Protocol):
+    def scalar(self, tag: str, value: float, step: int) -> None: ...
+
+    def histogram(self, tag: str, values: np.ndarray, step: int) -> None: ...
+
+    def image(self, tag: str, image_hwc: np.ndarray, step: int) -> None: ...
+
+
+class WriterSink:
+    """A `Sink` over `torch.utils.tensorboard.SummaryWriter`."""
+
+    def __init__(self, writer):
+        self.writer = writer
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self.writer.add_scalar(tag, value, step)
+
+    def histogram(self, tag: str, values: np.ndarray, step: int) -> None:
+        self.writer.add_histogram(tag, values, step)
+
+    def image(self, tag: str, image_hwc: np.ndarray, step: int) -> None:
+        self.writer.add_image(tag, image_hwc, step, dataformats="HWC")
+
+
+def prune_scalars(pruner: Pruner, with_flops: bool = True) -> Dict[str, float]:
+    """Every `prune/*` scalar of the current state."""
+    out = {f"prune/{k}": float(v) for k, v in pruner.metrics(with_flops=with_flops).items()}
+    scores = pruner.scores()
+    for g in pruner.groups:
+        if g.kind == "coupling":
+            out[f"prune/importance/{g.id}"] = float(torch.nanmean(scores[g.id]))
+    if pruner.lasso is not None and pruner.lasso.lam_max > 0:
+        for gid, lam in pruner.lasso.lambdas(pruner.clock).items():
+            out[f"prune/lambda/{gid}"] = lam
+    return out
+
+
+def importance_by_component(pruner: Pruner, scores: Optional[Mapping[str, torch.Tensor]] = None) -> Dict[str, np.ndarray]:
+    scores = pruner.scores() if scores is None else scores
+    parts: Dict[str, List[np.ndarray]] = {}
+    for g in pruner.groups:
+        s = scores[g.id]
+        s = s[~torch.isnan(s)].numpy()
+        for comp in g.components if g.kind == "component" else ("coupling",):
+            parts.setdefault(comp, []).append(s)
+    return {c: np.concatenate(v) for c, v in parts.items() if sum(len(x) for x in v)}
+
+
+class ImportanceHeatmap:
+    """Mean importance per group over time, rendered as an image (rows: groups, columns: log steps)."""
+
+    def __init__(self, max_columns: int = 200):
+        self.columns: List[np.ndarray] = []
+        self.steps: List[int] = []
+        self.max_columns = max_columns
+
+    def add(self, pruner: Pruner, step: int, scores: Optional[Mapping[str, torch.Tensor]] = None) -> None:
+        scores = pruner.scores() if scores is None else scores
+        col = np.array([float(torch.nanmean(scores[g.id])) if (~torch.isnan(scores[g.id])).any() else np.nan for g in pruner.groups])
+        self.columns.append(col)
+        self.steps.append(step)
+        if len(self.columns) > self.max_columns:  # keep every other column when full
+            self.columns, self.steps = self.columns[::2], self.steps[::2]
+
+    def render(self, labels: List[str]) -> np.ndarray:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        data = np.stack(self.columns, 1)
+        # rank-normalise each column so groups on different scales stay readable
+        with np.errstate(invalid="ignore"):
+            z = np.log10(np.clip(data, 1e-30, None))
+        fig, ax = plt.subplots(figsize=(8, 0.3 * len(labels) + 1.5), dpi=80)
+        im = ax.imshow(z, aspect="auto", interpolation="nearest", cmap="viridis")
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        ticks = np.linspace(0, len(self.steps) - 1, min(6, len(self.steps))).astype(int)
+        ax.set_xticks(ticks, [str(self.steps[i]) for i in ticks], fontsize=7)
+        ax.set_xlabel("step")
+        fig.colorbar(im, ax=ax, label="log10 importance")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        buf.seek(0)
+        from PIL import Image
+
+        return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def log_pruner(sink: Sink, pruner: Pruner, step: int, heatmap: Optional[ImportanceHeatmap] = None, with_flops: bool = True) -> Dict[str, float]:
+    """Write the whole `prune/*` view at `step`; returns the scalars written."""
+    scalars = prune_scalars(pruner, with_flops=with_flops)
+    for tag, value in scalars.items():
+        sink.scalar(tag, value, step)
+    scores = pruner.scores()
+    for comp, values in importance_by_component(pruner, scores).items():
+        sink.histogram(f"prune/importance_hist/{comp}", values, step)
+    if heatmap is not None:
+        heatmap.add(pruner, step, scores)
+        if len(heatmap.columns) >= 2:
+            sink.image("prune/importance_heatmap", heatmap.render([g.id for g in pruner.groups]), step)
+    return scalars
+
+
+def prune_hparams(pruner: Pruner) -> Dict[str, object]:
+    """The prune options flattened for TensorBoard hparams (`prune.<option>`)."""
+    out: Dict[str, object] = {}
+    for k, v in pruner.config.to_dict().items():
+        if isinstance(v, dict):
+            for kk, vv in v.items():
+                out[f"prune.budgets.{kk}"] = float(vv)
+        elif isinstance(v, (list, tuple)):
+            out[f"prune.{k}"] = ",".join(map(str, v))
+        elif v is None:
+            out[f"prune.{k}"] = "none"
+        else:
+            out[f"prune.{k}"] = v
+    return out
