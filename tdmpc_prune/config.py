@@ -127,7 +127,7 @@ class PruneConfig:
                 continue
             if key not in types:
                 raise PruneConfigError(
-                    f"unknown prune option {prefix}{key!r}.{_near(key, sorted(types))} Options: {', '.join(sorted(types))}"
+                    f"unknown prune option '{prefix}{key}'.{_near(key, sorted(types))} Options: {', '.join(sorted(types))}"
                 )
             values[key] = _parse_value(f"{prefix}{key}", raw, str(types[key]))
         if budgets:

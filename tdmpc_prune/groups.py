@@ -66,10 +66,10 @@ class Group:
 
 # --------------------------------------------------------------------------------- components
 def resolve_components(model: nn.Module, components: Optional[Mapping[str, ComponentSpec]]) -> Dict[str, List[str]]:
-    """Component name -> module-name prefixes.  Default: one component per top-level child."""
+    """Component name -> module-name prefixes.  Default: the whole model is one component."""
     names = {id(m): n for n, m in model.named_modules()}
     if not components:
-        return {n: [n] for n, _ in model.named_children()}
+        return {"model": [""]}
     known = set(names.values())
     out: Dict[str, List[str]] = {}
     for comp, spec in components.items():

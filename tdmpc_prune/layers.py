@@ -133,7 +133,9 @@ def named_tensors(m: nn.Module) -> Dict[str, torch.Tensor]:
                 out[f"{prefix}{k}"] = v
     inside = tuple(f"{n}." for n, s in m.named_modules() if is_ensemble(s) and n)
     for name, t in list(m.named_parameters()) + list(m.named_buffers()):
-        if name not in out and not (inside and name.startswith(inside)) and not (is_ensemble(m) and name.startswith("params")):
+        if t.is_meta or name in out or (inside and name.startswith(inside)):
+            continue  # meta tensors belong to ensemble templates, which hold no data
+        if not (is_ensemble(m) and name.startswith("params")):
             out[name] = t
     return out
 

@@ -17,6 +17,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import PruneConfig
+from .ensemble import StackedEnsemble
 from .errors import PruneConfigError, PruneError
 from .groups import ComponentSpec, Group, discover_groups
 from .importance import CRITERIA, ChannelStats
@@ -40,6 +41,18 @@ def _device_of(model: nn.Module) -> torch.device:
     for t in model.parameters():
         return t.device
     return torch.device("cpu")
+
+
+class _GlobalOnly:
+    """Stand-in for FlopCounterMode's module tracker that attributes every FLOP to 'Global'."""
+
+    parents = {"Global"}
+
+    def __enter__(self) -> "_GlobalOnly":
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        return None
 
 
 class Pruner:
@@ -89,6 +102,7 @@ class Pruner:
             if comp not in known:
                 raise PruneConfigError(f"budget for unknown component {comp!r}; components are: {', '.join(sorted(known))}")
         self.surgeon = Surgeon(model, groups)
+        self._register_implicit_mirrors()
         self.stats = ChannelStats(groups, config.ema, config.prior_strength, device)
         self.criterion = CRITERIA[config.criterion]
         self.stats.track_taylor = self.criterion.uses_taylor
@@ -165,12 +179,40 @@ class Pruner:
             missing = sorted(set(on) ^ set(mi))[:5]
             raise PruneError(f"mirror does not have the structure of its online module (differing tensors: {missing})")
         for name, t in on.items():
+            if t.shape != mi[name].shape:
+                raise PruneError(
+                    f"mirror tensor {name!r} has shape {tuple(mi[name].shape)} but the online one {tuple(t.shape)}: "
+                    "a mirror must have the structure of its online module"
+                )
             self.surgeon.add_mirror(t, mi[name], shared)
         on_norms, mi_norms = named_norms(online), named_norms(mirror)
         for name, ln in on_norms.items():
             if name in mi_norms and mi_norms[name] is not ln:
                 self.surgeon.add_norm_mirror(ln, mi_norms[name])
         self.surgeon.roots.append(mirror)
+
+    def _register_implicit_mirrors(self) -> None:
+        """Mirrors the model itself reveals: tensors sharing storage with a group tensor (detached
+        views), and `StackedEnsemble` copies sharing a template with a traced ensemble (targets)."""
+        members = {}
+        for g in self.groups:
+            for m in g.members:
+                members[id(m.tensor)] = m.tensor
+        by_ptr = {(t.data_ptr(), tuple(t.shape)): t for t in members.values()}
+        for _, t in named_tensors(self.model).items():
+            online = by_ptr.get((t.data_ptr(), tuple(t.shape)))
+            if online is not None and online is not t:
+                self.surgeon.add_mirror(online, t, shared=True)
+        ensembles = [m for m in self.model.modules() if isinstance(m, StackedEnsemble)]
+        traced = [e for e in ensembles if any(id(t) in members for _, t in e.named_tensors())]
+        for e in ensembles:
+            if e.mode != "copy":
+                continue
+            for o in traced:
+                if o.template is e.template and o is not e:
+                    online = o.tensor_dict()
+                    for name, t in e.named_tensors():
+                        self.surgeon.add_mirror(online[name], t, shared=False)
 
     def on_structure_change(self, fn: Callable[["Pruner"], None]) -> None:
         """Call `fn(pruner)` after every pruning event (e.g. to recompile or update a config)."""
@@ -329,7 +371,7 @@ class Pruner:
         masked = self.surgeon.masked_counts()
         total, seen = 0, set()
         for p in self.model.parameters():
-            if id(p) in seen:
+            if id(p) in seen or p.is_meta:  # meta: ensemble templates hold no data
                 continue
             seen.add(id(p))
             shape = [s - masked.get((id(p), d), 0) for d, s in enumerate(p.shape)]
@@ -340,9 +382,11 @@ class Pruner:
     def flops(self) -> int:
         """FLOPs of one traced forward (torch.utils.flop_counter); masked channels still count."""
         device = _device_of(self.model)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            with FlopCounterMode(display=False) as counter:
-                self.forward_fn(self.model, self.example_inputs)
+        counter = FlopCounterMode(display=False)
+        if hasattr(counter, "mod_tracker"):  # totals only: per-module attribution trips over tensordict modules
+            counter.mod_tracker = _GlobalOnly()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), counter:
+            self.forward_fn(self.model, self.example_inputs)
         return int(counter.get_total_flops())
 
     def metrics(self, with_flops: bool = True) -> Dict[str, float]:

@@ -79,7 +79,9 @@ class Surgeon:
     def add_mirror(self, online: torch.Tensor, mirror: torch.Tensor, shared: bool) -> None:
         if online.shape != mirror.shape:
             raise PruneError(f"mirror shape {tuple(mirror.shape)} differs from its online tensor {tuple(online.shape)}")
-        self.mirrors.setdefault(id(online), []).append((mirror, shared))
+        entries = self.mirrors.setdefault(id(online), [])
+        if not any(m is mirror for m, _ in entries):
+            entries.append((mirror, shared))
 
     def add_norm_mirror(self, online: nn.LayerNorm, mirror: nn.LayerNorm) -> None:
         if id(online) in self.norm_modules and mirror not in self.norm_modules[id(online)]:

@@ -1,0 +1,101 @@
+"""Bad input gets one clear error that names the problem and the fix."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from tdmpc_prune import PruneConfig, PruneConfigError, PruneError, Pruner
+from toy_models import COMPONENTS, LatentWorldModel, example_inputs, rollout
+
+
+def _mlp():
+    return nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0, 1.5, "half"])
+def test_sparsity_outside_unit_interval(value) -> None:
+    with pytest.raises(PruneConfigError, match=r"sparsity must be a fraction in \[0, 1\)"):
+        PruneConfig(sparsity=value)
+    pruner = Pruner(_mlp(), example_inputs=(torch.randn(2, 3),))
+    with pytest.raises(PruneConfigError, match="sparsity"):
+        pruner.prune_to(value)
+
+
+def test_unknown_criterion_and_schedule_suggest_names() -> None:
+    with pytest.raises(PruneConfigError, match="unknown criterion 'fischer'.*Did you mean 'fisher'"):
+        PruneConfig(criterion="fischer")
+    with pytest.raises(PruneConfigError, match="unknown schedule 'gradul'.*'gradual'"):
+        PruneConfig(schedule="gradul")
+    with pytest.raises(PruneConfigError, match="unknown prune option 'prune.sparsty'.*'sparsity'"):
+        PruneConfig.from_overrides(["prune.sparsty=0.5"])
+    with pytest.raises(PruneConfigError, match="expected true or false"):
+        PruneConfig.from_overrides(["prune.physical=maybe"])
+
+
+def test_overrides_parse_types() -> None:
+    cfg = PruneConfig.from_overrides(
+        ["prune.sparsity=0.75", "prune.start=1000", "prune.end=0.9", "prune.physical=false", "prune.budgets.dynamics=0.3", "prune.exclude=[a,b]"]
+    )
+    assert cfg.sparsity == 0.75 and cfg.start == 1000 and isinstance(cfg.start, int) and cfg.end == 0.9
+    assert cfg.physical is False and cfg.budgets == {"dynamics": 0.3} and tuple(cfg.exclude) == ("a", "b")
+
+
+def test_component_that_matches_no_module() -> None:
+    model = LatentWorldModel()
+    with pytest.raises(PruneError, match="'_dynamic' matches no module.*_dynamics"):
+        Pruner(model, components={"dynamics": "_dynamic"}, example_inputs=example_inputs(model), forward_fn=rollout)
+
+
+def test_model_with_no_prunable_group() -> None:
+    model = nn.Sequential(nn.Linear(3, 2))
+    with pytest.raises(PruneError, match="no prunable group"):
+        Pruner(model, example_inputs=(torch.randn(2, 3),))
+    with pytest.raises(PruneError, match="example_inputs"):
+        Pruner(_mlp())
+
+
+def test_budget_that_would_remove_a_whole_layer() -> None:
+    with pytest.raises(PruneConfigError, match="whole layer"):
+        PruneConfig(budgets={"dynamics": 1.0})
+    model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2))
+    pruner = Pruner(model, example_inputs=(torch.randn(2, 3),), sparsity=0.8)
+    with pytest.raises(PruneError, match="would remove all 2 channels.*whole layer"):
+        pruner.prune_to()
+    assert model[0].out_features == 2  # nothing was touched
+
+
+def test_latent_below_one_simplex() -> None:
+    model = LatentWorldModel(latent=16)
+    pruner = Pruner(model, components=COMPONENTS, example_inputs=example_inputs(model), forward_fn=rollout, coupling="prune", coupling_sparsity=0.8, sparsity=0.1)
+    with pytest.raises(PruneError, match="simplices of 8 \\(the latent cannot go below one simplex\\)"):
+        pruner.prune_to()
+
+
+def test_latent_not_a_multiple_of_the_simplex() -> None:
+    with pytest.raises(PruneError, match="multiple of 8"):
+        model = LatentWorldModel(latent=20)
+        Pruner(model, example_inputs=example_inputs(model), forward_fn=rollout)
+
+
+def test_unknown_budget_component_and_bad_steps() -> None:
+    model = LatentWorldModel()
+    with pytest.raises(PruneConfigError, match="budget for unknown component 'dyn'.*dynamics"):
+        Pruner(model, components=COMPONENTS, example_inputs=example_inputs(model), forward_fn=rollout, budgets={"dyn": 0.3})
+    with pytest.raises(PruneConfigError, match="fraction of the run"):
+        PruneConfig(start=1.5)
+    pruner = Pruner(_mlp(), example_inputs=(torch.randn(2, 3),), start=0.1)
+    with pytest.raises(PruneConfigError, match="total_steps"):
+        pruner.step()
+    with pytest.raises(PruneConfigError, match="end .* comes before start"):
+        Pruner(_mlp(), example_inputs=(torch.randn(2, 3),), start=50, end=10).attach(torch.optim.SGD(_mlp().parameters(), lr=0.1))
+
+
+def test_mirror_after_pruning_and_mismatched_mirror() -> None:
+    model = LatentWorldModel()
+    pruner = Pruner(model, example_inputs=example_inputs(model), forward_fn=rollout)
+    with pytest.raises(PruneError, match="structure"):
+        pruner.add_mirror(model._Qs, model._pi)
+    pruner.prune_to()
+    with pytest.raises(PruneError, match="before the first pruning event"):
+        pruner.add_mirror(model._Qs, model._target_Qs)

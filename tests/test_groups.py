@@ -1,0 +1,80 @@
+"""Group discovery on a TD-MPC2-shaped model: kinds, components, protected outputs, simplices."""
+from __future__ import annotations
+
+import torch
+
+from tdmpc_prune import Pruner
+from toy_models import COMPONENTS, LatentWorldModel, example_inputs, rollout
+
+
+def test_latent_is_one_coupling_group_over_every_reader() -> None:
+    model = LatentWorldModel(official_ensemble=True)
+    model.train()
+    pruner = Pruner(model, components=COMPONENTS, example_inputs=example_inputs(model), forward_fn=rollout)
+    assert model.training and model._Qs.module[0].dropout.training  # train mode restored after tracing
+    coupling = [g for g in pruner.groups if g.kind == "coupling"]
+    assert len(coupling) == 1
+    latent = coupling[0]
+    assert latent.components == ("encoder", "dynamics", "reward", "policy", "Q")
+    assert latent.channels == 32 and latent.unit == 8 and latent.units == 4
+    names = {m.name: m.dim for m in latent.members}
+    # written by the encoder and by the dynamics (the 2-step rollout feeds it back) ...
+    assert names["_encoder.state.1.weight"] == 0 and names["_dynamics.2.weight"] == 0
+    # ... and read (latent columns only, not the action columns) by dynamics, reward, policy and every Q member
+    assert names["_dynamics.0.weight"] == 1 and names["_reward.0.weight"] == 1 and names["_pi.0.weight"] == 1
+    assert names["_Qs.0.weight"] == 2  # stacked: (member, out, in)
+    q_in = next(m for m in latent.members if m.name == "_Qs.0.weight")
+    assert q_in.pos.tolist() == list(range(32))
+
+
+def test_component_groups_and_protected_outputs() -> None:
+    model = LatentWorldModel()
+    pruner = Pruner(model, components=COMPONENTS, example_inputs=example_inputs(model), forward_fn=rollout)
+    comp = {g.id: g.components for g in pruner.groups if g.kind == "component"}
+    assert comp == {
+        "_encoder.state.0": ("encoder",),
+        "_dynamics.0": ("dynamics",),
+        "_dynamics.1": ("dynamics",),
+        "_reward.0": ("reward",),
+        "_reward.1": ("reward",),
+        "_pi.0": ("policy",),
+        "_pi.1": ("policy",),
+        "_Qs.0": ("Q",),
+        "_Qs.1": ("Q",),
+    }
+    q_hidden = pruner._by_id["_Qs.0"]
+    assert {m.name for m in q_hidden.members} >= {"_Qs.0.weight", "_Qs.0.ln.weight", "_Qs.1.weight"}
+    assert all(m.tensor.shape[0] == 3 for m in q_hidden.members)  # one width shared by all members
+    # output heads (reward/Q bins, action mean/std) are never groups
+    assert not any(g.id in ("_reward.2", "_pi.2", "_Qs.2") for g in pruner.groups)
+    assert any("reaches a model output" in n for n in pruner.notes)
+    text = repr(pruner)
+    assert "coupling" in text and "8-simplex" in text and "_Qs.1" in text
+
+
+def test_protected_coupling_is_not_pruned_and_budgets_apply() -> None:
+    model = LatentWorldModel()
+    pruner = Pruner(model, components=COMPONENTS, example_inputs=example_inputs(model), forward_fn=rollout, sparsity=0.5, budgets={"Q": 0.25})
+    pruner.prune_to()
+    assert model._encoder["state"][1].out_features == 32
+    assert model._Qs.tensor_dict()["0.weight"].shape == (3, 36, 34)
+    assert model._dynamics[0].out_features == 24
+    assert abs(pruner.sparsity() - (7 * 24 + 2 * 12) / (9 * 48)) < 1e-9  # 7 groups at 0.5, 2 Q groups at 0.25
+
+
+def test_tracing_consumes_no_global_randomness() -> None:
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    model = LatentWorldModel()
+    torch.manual_seed(5)
+    Pruner(model, example_inputs=example_inputs(model, batch=4), forward_fn=rollout)
+    # example_inputs drew from the RNG; compare against a run that draws the same
+    torch.manual_seed(5)
+    example_inputs(model, batch=4)
+    after_plain = torch.rand(3)
+    torch.manual_seed(5)
+    inputs = example_inputs(model, batch=4)
+    Pruner(model, example_inputs=inputs, forward_fn=rollout).flops()
+    assert torch.equal(torch.rand(3), after_plain)
+    del expected

@@ -1,0 +1,133 @@
+"""Every criterion, the EMA and the Gamma posterior checked against hand-computed gradients."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from tdmpc_prune import Pruner
+from tdmpc_prune.importance import CRITERIA
+
+
+def _setup(criterion: str, ema: float = 0.9, prior_strength: float = 1.0):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    pruner = Pruner(model, example_inputs=(torch.randn(4, 2),), criterion=criterion, ema=ema, prior_strength=prior_strength)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    pruner.attach(opt, total_steps=100)
+    return model, pruner, opt
+
+
+def _grads(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(3, 2, generator=g), torch.randn(3, generator=g), torch.randn(1, 3, generator=g), torch.randn(1, generator=g)
+
+
+def _step(model, opt, grads) -> None:
+    w0, b0, w2, b2 = grads
+    model[0].weight.grad, model[0].bias.grad = w0.clone(), b0.clone()
+    model[2].weight.grad, model[2].bias.grad = w2.clone(), b2.clone()
+    opt.step()
+
+
+def _per_channel(fn, grads, model=None):
+    """fn applied entry-wise, averaged over the 4 entries each hidden channel owns."""
+    w0, b0, w2, _ = grads
+    return (fn(w0).sum(1) + fn(b0) + fn(w2)[0]) / 4.0
+
+
+def test_group_found_with_coupled_tensors() -> None:
+    _, pruner, _ = _setup("grad")
+    assert [g.id for g in pruner.groups] == ["0"]  # the output layer reaches the output
+    members = {m.name: m.dim for m in pruner.groups[0].members}
+    assert members == {"0.weight": 0, "0.bias": 0, "2.weight": 1}
+    assert torch.equal(pruner.stats.count, torch.full((3,), 4.0))
+
+
+def test_grad_and_fisher_ema() -> None:
+    model, pruner, opt = _setup("grad")
+    g1, g2 = _grads(1), _grads(2)
+    _step(model, opt, g1)
+    _step(model, opt, g2)
+    a1, a2 = _per_channel(torch.abs, g1), _per_channel(torch.abs, g2)
+    f1, f2 = _per_channel(torch.square, g1), _per_channel(torch.square, g2)
+    assert torch.allclose(pruner.scores()["0"], 0.9 * a1 + 0.1 * a2, rtol=1e-6)
+    assert torch.allclose(pruner.stats.ema_sq, 0.9 * f1 + 0.1 * f2, rtol=1e-6)
+    pruner.criterion = CRITERIA["fisher"]
+    assert torch.allclose(pruner.scores()["0"], 0.9 * f1 + 0.1 * f2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("gamma,beta0", [(0.9, 1.0), (0.5, 3.0)])
+def test_bayes_posterior_update_and_score(gamma: float, beta0: float) -> None:
+    model, pruner, opt = _setup("bayes", ema=gamma, prior_strength=beta0)
+    gs = [_grads(s) for s in (1, 2, 3)]
+    for g in gs:
+        _step(model, opt, g)
+    f = [_per_channel(torch.square, g) for g in gs]
+    alpha0 = beta0 * f[0].mean()  # empirical-Bayes prior from the first observed step
+    S = gamma * (gamma * f[0] + f[1]) + f[2]
+    N = gamma * (gamma * 1 + 1) + 1
+    mu = (alpha0 + S) / (beta0 + N)
+    ema_f = gamma * (gamma * f[0] + (1 - gamma) * f[1]) + (1 - gamma) * f[2]
+    post = (pruner.scores(), pruner.stats.posterior())[1]
+    assert torch.allclose(post["mean"], mu, rtol=1e-5)
+    assert torch.allclose(post["var"], (alpha0 + S) / (beta0 + N) ** 2, rtol=1e-5)
+    assert torch.allclose(pruner.scores()["0"], torch.log1p(mu) * (1 + ema_f), rtol=1e-5)
+
+
+def test_taylor_and_magnitude() -> None:
+    model, pruner, opt = _setup("taylor")
+    g1 = _grads(4)
+    _step(model, opt, g1)
+    w0, b0, w2 = model[0].weight.detach(), model[0].bias.detach(), model[2].weight.detach()
+    tau = ((w0 * g1[0]).abs().sum(1) + (b0 * g1[1]).abs() + (w2 * g1[2]).abs()[0]) / 4
+    assert torch.allclose(pruner.scores()["0"], tau, rtol=1e-6)
+    pruner.criterion = CRITERIA["magnitude"]
+    norm = torch.sqrt((w0**2).sum(1) + b0**2 + (w2**2)[0])
+    assert torch.allclose(pruner.scores()["0"], norm, rtol=1e-6)
+
+
+def test_combined_is_mean_of_within_group_ranks() -> None:
+    model, pruner, opt = _setup("combined")
+    for s in (5, 6):
+        _step(model, opt, _grads(s))
+    pruner.stats.commit()
+    ranks = []
+    for name in ("grad", "fisher", "bayes"):
+        x = CRITERIA[name].score(pruner.stats, torch.Generator())
+        r = torch.empty(3)
+        r[torch.argsort(x)] = torch.arange(3.0)
+        ranks.append(r / 2)
+    assert torch.allclose(pruner.scores()["0"], torch.stack(ranks).mean(0))
+
+
+def test_random_is_seeded() -> None:
+    _, p1, _ = _setup("random")
+    _, p2, _ = _setup("random")
+    assert torch.equal(p1.scores()["0"], p2.scores()["0"])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_gradients_are_skipped_and_counted(bad: float) -> None:
+    model, pruner, opt = _setup("bayes")
+    g1 = _grads(1)
+    _step(model, opt, g1)
+    poisoned = list(_grads(2))
+    poisoned[0][1, 0] = bad
+    _step(model, opt, poisoned)
+    _step(model, opt, g1)  # commits the poisoned step
+    pruner.stats.commit()
+    assert int(pruner.stats.skipped) == 1 and int(pruner.stats.n_obs) == 2
+    a1 = _per_channel(torch.abs, g1)
+    assert torch.allclose(pruner.stats.ema_abs, a1, rtol=1e-6)  # EMA of two identical clean steps
+    assert all(math.isfinite(v) for v in pruner.scores()["0"].tolist())
+    assert pruner.metrics(with_flops=False)["skipped_steps"] == 1.0
+
+
+def test_statistics_are_per_channel_not_per_parameter() -> None:
+    big = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 4))
+    pruner = Pruner(big, example_inputs=(torch.randn(2, 64),), criterion="bayes")
+    param_bytes = sum(p.numel() * p.element_size() for p in big.parameters())
+    assert pruner.stats.stats_bytes() < 0.05 * param_bytes

@@ -1,0 +1,84 @@
+"""Schedules, the cosine pressure and the clock."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from tdmpc_prune import PruneConfig, Pruner
+from tdmpc_prune.regularize import cosine_lambda
+from tdmpc_prune.schedule import Schedule
+
+
+def test_oneshot_iterative_gradual_events() -> None:
+    assert Schedule.from_config(PruneConfig(schedule="oneshot", start=0.5), 100).events == [(50, 1.0)]
+    it = Schedule.from_config(PruneConfig(schedule="iterative", start=10, end=40, iterations=4), None).events
+    assert it == [(10, 0.25), (20, 0.5), (30, 0.75), (40, 1.0)]
+    gr = Schedule.from_config(PruneConfig(schedule="gradual", start=0.0, end=1.0, iterations=4), 30).events
+    assert [t for t, _ in gr] == [0, 10, 20, 30]
+    assert [round(f, 6) for _, f in gr] == [round(1 - (1 - j / 4) ** 3, 6) for j in range(1, 5)]
+
+
+def test_clock_that_jumps_fires_the_latest_event_once() -> None:
+    s = Schedule.from_config(PruneConfig(schedule="iterative", start=10, end=40, iterations=4), None)
+    assert s.due(5) is None
+    assert s.due(25) == 0.5 and s.done == 2
+    assert s.due(26) is None
+    assert s.due(1000) == 1.0 and s.finished
+
+
+def test_cosine_pressure_phases() -> None:
+    T, n, lam = 100.0, 4, 2.0
+    for i in range(n):
+        # each group peaks half a period after its phase offset i*T/n
+        peak_t = T / 2 - i * T / n
+        assert math.isclose(cosine_lambda(peak_t, i, n, T, lam), lam)
+        assert math.isclose(cosine_lambda(-i * T / n, i, n, T, lam), 0.0, abs_tol=1e-12)
+    assert math.isclose(cosine_lambda(17.0, 1, n, T, lam), lam * (1 - math.cos(2 * math.pi * (17 + 25) / T)) / 2)
+
+
+def test_group_lasso_gradient_is_added_at_the_optimizer_step() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    pruner = Pruner(model, example_inputs=(torch.randn(2, 3),), l1=0.5, l1_period=8, criterion="grad")
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    pruner.attach(opt, total_steps=100)
+    pruner.clock = 3
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    lam = cosine_lambda(3, 0, 1, 8, 0.5)
+    w0, b0, w2 = model[0].weight, model[0].bias, model[2].weight
+    norm = torch.sqrt((w0**2).sum(1) + b0**2 + (w2**2).sum(0))
+    assert torch.allclose(w0.grad, lam * w0 / norm[:, None], atol=1e-6)
+    assert torch.allclose(b0.grad, lam * b0 / norm, atol=1e-6)
+    assert torch.allclose(w2.grad, lam * w2 / norm[None, :], atol=1e-6)
+    assert torch.all(model[2].bias.grad == 0)  # the output bias belongs to no group
+    # the statistics saw the task gradient (zero), not the penalty
+    pruner.stats.commit()
+    assert torch.all(pruner.stats.ema_abs == 0)
+
+
+def test_pressure_off_by_default_and_budget_schedule_through_step() -> None:
+    from toy_models import COMPONENTS, LatentWorldModel, example_inputs, rollout
+
+    torch.manual_seed(0)
+    model = LatentWorldModel()
+    inputs = example_inputs(model)
+    pruner = Pruner(
+        model, components=COMPONENTS, example_inputs=inputs, forward_fn=rollout,
+        schedule="iterative", start=2, end=4, iterations=2, sparsity=0.5, budgets={"Q": 0.25},
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    pruner.attach(opt, total_steps=10)
+    widths = []
+    for _ in range(6):
+        sum(o.pow(2).mean() for o in rollout(model, inputs)).backward()
+        opt.step()
+        opt.zero_grad()
+        pruner.step()
+        widths.append((model._dynamics[0].out_features, model._Qs.tensor_dict()["0.weight"].shape[1]))
+    assert widths == [(48, 48), (36, 42), (36, 42), (24, 36), (24, 36), (24, 36)]
+    assert pruner.lasso.lam_max == 0
