@@ -44,7 +44,7 @@ class PruneConfig:
     physical: bool = True  # True: layers really shrink; False: reversible exact-zero masks
     ema: float = 0.9  # gamma of the statistics' exponential moving average
     prior_strength: float = 1.0  # beta_0 of the Gamma prior (pseudo-observations)
-    exclude: Sequence[str] = ()  # module names whose channels are never pruned
+    exclude: Sequence[str] = ()  # module names whose output channels are never pruned
     seed: int = 0  # seed of the random criterion
 
     def __post_init__(self) -> None:

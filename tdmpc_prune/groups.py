@@ -225,8 +225,8 @@ def _convert(
                 if any(True for _ in view.parameters(recurse=False)):
                     return None, f"{root_name}: touches {owner_name} ({type(view).__name__}), a layer we cannot slice"
                 continue
-        if any(owner_name == e or owner_name.startswith(e + ".") for e in exclude):
-            return None, f"{root_name}: touches excluded module {owner_name}"
+        if is_out and any(owner_name == e or owner_name.startswith(e + ".") for e in exclude):
+            return None, f"{root_name}: would shrink the outputs of excluded module {owner_name}"
         if is_out and isinstance(view, (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding)):
             producers.append(owner_name)
         pos = torch.as_tensor(list(it.idxs), dtype=torch.long)

@@ -78,3 +78,11 @@ def test_tracing_consumes_no_global_randomness() -> None:
     Pruner(model, example_inputs=inputs, forward_fn=rollout).flops()
     assert torch.equal(torch.rand(3), after_plain)
     del expected
+
+
+def test_exclude_protects_a_modules_outputs_only() -> None:
+    model = LatentWorldModel()
+    pruner = Pruner(model, components=COMPONENTS, example_inputs=example_inputs(model), forward_fn=rollout, exclude=["_dynamics.1"])
+    ids = {g.id for g in pruner.groups}
+    assert "_dynamics.1" not in ids and "_dynamics.0" in ids  # _dynamics.0's group reads into _dynamics.1: still prunable
+    assert any("excluded module _dynamics.1" in n for n in pruner.notes)
