@@ -1,0 +1,59 @@
+"""`tdmpc-prune` command line: `tdmpc-prune <command> [key=value ...]`.
+
+Commands are looked up in `COMMANDS` (name -> (module, function, help)); each function takes the
+remaining argv tokens.  Add a subcommand by adding one entry.
+"""
+from __future__ import annotations
+
+import sys
+from importlib import import_module
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+COMMANDS: Dict[str, Tuple[str, str, str]] = {
+    "train": ("tdmpc_prune.tdmpc2.train", "train",
+              "train our TD-MPC2 agent on a dm-control task: tdmpc-prune train task=cartpole-balance steps=20000 model_size=cpu"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: tdmpc-prune <command> [key=value ...]", "", "commands:"]
+    lines += [f"  {name:10s} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def _resolve(name: str) -> Callable[[Sequence[str]], object]:
+    module, func, _ = COMMANDS[name]
+    return getattr(import_module(module), func)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Dispatch to a subcommand; bad input prints one clear error line and returns exit status 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        print(f"tdmpc-prune: unknown command {name!r}.{hint}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    from .tdmpc2.config import ConfigError
+    from .tdmpc2.envs import UnknownTaskError
+    from .tdmpc2.train import ResumeError
+
+    try:
+        _resolve(name)(rest)
+    except (ConfigError, UnknownTaskError, ResumeError) as e:
+        print(f"tdmpc-prune {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tdmpc-prune {name}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

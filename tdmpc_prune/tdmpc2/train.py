@@ -1,0 +1,104 @@
+"""`tdmpc-prune train key=value ...`: build env, agent, buffer and trainer from overrides and run.
+
+On `resume=true` the run's checkpoint supplies the configuration (so a model whose widths changed
+during training is rebuilt with its checkpointed widths); only run-control keys may be overridden.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from .config import ConfigError, TDMPC2Config, parse_overrides
+from .trainer import CHECKPOINT, Trainer, run_dir, seed_everything
+
+# Keys that may differ between a checkpoint and the command that resumes it.
+RESUMABLE_KEYS = ("steps", "eval_freq", "eval_episodes", "save_freq", "log_freq", "progress", "device", "compile",
+                  "threads", "resume", "logdir")
+
+
+class ResumeError(RuntimeError):
+    """`resume=true` cannot continue: no checkpoint, or an incompatible override."""
+
+
+def build(cfg: TDMPC2Config, callbacks: Sequence[Any] = (), directory: Optional[str] = None) -> Trainer:
+    """Environments (train, eval), agent, buffer and trainer for a fresh run of `cfg` (seeds everything)."""
+    from .agent import TDMPC2
+    from .buffer import ReplayBuffer
+    from .envs import make_env
+
+    if cfg.multitask:
+        raise ConfigError("multi-task training is not implemented by `tdmpc-prune train`; give one task (task=...)")
+    if cfg.threads is not None:
+        torch.set_num_threads(int(cfg.threads))
+    env = make_env(cfg.task, cfg.seed, cfg.episode_length, cfg.action_repeat)
+    eval_env = make_env(cfg.task, cfg.seed + 10_000, cfg.episode_length, cfg.action_repeat)
+    if cfg.obs_dim is None or cfg.action_dim is None:
+        cfg = replace(cfg, obs_dim=env.obs_dim, action_dim=env.action_dim)
+    elif (cfg.obs_dim, cfg.action_dim) != (env.obs_dim, env.action_dim):
+        raise ConfigError(
+            f"obs_dim/action_dim={cfg.obs_dim}/{cfg.action_dim} do not match task {cfg.task} "
+            f"({env.obs_dim}/{env.action_dim}); leave them unset"
+        )
+    seed_everything(cfg.seed)
+    agent = TDMPC2(cfg)
+    agent_steps = -(-cfg.steps // cfg.action_repeat)
+    episodes = -(-agent_steps // cfg.episode_length) + 1
+    capacity = min(cfg.buffer_size, episodes * (cfg.episode_length + 1))
+    storage = agent.device if agent.device.type == "cuda" and capacity * (env.obs_dim + env.action_dim) < 2**28 else None
+    buffer = ReplayBuffer(capacity, env.obs_dim, env.action_dim, cfg.horizon, cfg.batch_size, agent.device, storage)
+    return Trainer(cfg, agent, env, eval_env, buffer, callbacks, directory)
+
+
+def resume_config(cfg: TDMPC2Config, given: Sequence[str], directory: str) -> Tuple[TDMPC2Config, Dict[str, Any]]:
+    """Load `directory`'s checkpoint and merge the run-control overrides of `cfg` into its config."""
+    path = os.path.join(directory, CHECKPOINT)
+    if not os.path.exists(path):
+        raise ResumeError(
+            f"resume=true but there is no checkpoint at {path}; start the run without resume=true "
+            "(or check task, exp_name, seed and logdir)"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    saved = dict(state["cfg"])
+    changed = [k for k in given if k not in RESUMABLE_KEYS and getattr(cfg, k) != saved.get(k)]
+    if changed:
+        raise ResumeError(
+            f"cannot change {', '.join(changed)} when resuming (the checkpoint has "
+            + ", ".join(f"{k}={saved.get(k)!r}" for k in changed)
+            + f"); only {', '.join(RESUMABLE_KEYS)} may differ"
+        )
+    for k in given:
+        if k in RESUMABLE_KEYS:
+            saved[k] = getattr(cfg, k)
+    return TDMPC2Config.from_dict(saved), state
+
+
+def train(tokens: Sequence[str], callbacks: Sequence[Any] = ()) -> Trainer:
+    """Parse `tokens`, build (or resume) the run and train it; returns the finished trainer.
+
+    `prune.*` tokens and `--prune` are parsed out and ignored here (the pruning integration consumes them).
+    """
+    parsed = parse_overrides(tokens)
+    cfg = parsed.cfg
+    given = _given_keys(tokens)
+    directory = run_dir(cfg)
+    state = None
+    if cfg.resume:
+        cfg, state = resume_config(cfg, given, directory)
+    trainer = build(cfg, callbacks, directory)
+    if state is not None:
+        trainer.load_state_dict(state)
+    print(f"[tdmpc-prune] {cfg.task} seed {cfg.seed}: {trainer.agent.model.total_params:,} params on {trainer.agent.device}; "
+          f"logging to {directory}" + (f" (resumed at step {trainer.step:,})" if state is not None else ""))
+    trainer.train()
+    return trainer
+
+
+def _given_keys(tokens: Sequence[str]) -> List[str]:
+    keys = []
+    for tok in tokens:
+        if "=" in tok and not tok.startswith("prune."):
+            keys.append(tok.split("=", 1)[0].strip().lstrip("+"))
+    return keys
