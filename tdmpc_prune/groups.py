@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from .errors import PruneError
-from .layers import BlockMarker, TraceMap, is_ensemble, trace_view
+from .layers import BlockMarker, InputMarker, TraceMap, input_markers, mark_inputs, trace_view
 
 ComponentSpec = Union[str, nn.Module, Sequence[Union[str, nn.Module]]]
 
@@ -135,8 +135,47 @@ class _BlockPruner(tp.ops.ElementWisePruner):
     """Registers `BlockMarker` with torch-pruning as a pass-through op so it shows up in groups."""
 
 
+class _InputPruner(tp.ops.DummyPruner):
+    """Registers `InputMarker` with torch-pruning: a source of known width that is never pruned."""
+
+    def get_out_channels(self, layer: InputMarker) -> int:
+        return layer.width
+
+    get_in_channels = get_out_channels
+
+
+def _unbind_keeps_channels(dg: tp.DependencyGraph) -> None:
+    """Iterating over a tensor (`for a in actions`) unbinds its leading (time/batch) dim.
+
+    torch-pruning maps an unbind over dim 0 as a split of the channels (right for attention's
+    stacked q/k/v, wrong for a rollout over a horizon); for features on the last dim it keeps them.
+    """
+    from torch_pruning.dependency.constants import INDEX_MAPPING_PLACEHOLDER
+
+    unbind = [n for n in dg.module2node.values() if n.type == tp.ops.OPTYPE.UNBIND]
+    for node in unbind:
+        node.enable_index_mapping = False
+    for node in dg.module2node.values():
+        for dep in node.dependencies:
+            if dep.source in unbind or dep.target in unbind:
+                dep.index_mapping[0] = INDEX_MAPPING_PLACEHOLDER
+
+
+class _Traced(nn.Module):
+    """The model plus one marker per input, so torch-pruning's hooks see the inputs' widths."""
+
+    def __init__(self, model: nn.Module, markers: nn.ModuleList):
+        super().__init__()
+        self.model = model
+        self.markers = markers
+
+    @staticmethod
+    def run(forward_fn: Callable[[nn.Module, Any], Any]) -> Callable[["_Traced", Any], Any]:
+        return lambda traced, inputs: forward_fn(traced.model, mark_inputs(inputs, traced.markers))
+
+
 def _is_dummy(module: Any) -> bool:
-    return type(module).__module__.startswith("torch_pruning") or isinstance(module, BlockMarker)
+    return type(module).__module__.startswith("torch_pruning") or isinstance(module, (BlockMarker, InputMarker))
 
 
 def discover_groups(
@@ -157,13 +196,15 @@ def discover_groups(
     notes: List[str] = []
     with trace_view(model) as tmap, warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        traced = _Traced(model, input_markers(example_inputs))
         dg = tp.DependencyGraph().build_dependency(
-            model,
+            traced,
             example_inputs,
-            forward_fn=forward_fn,
-            customized_pruners={BlockMarker: _BlockPruner()},
+            forward_fn=_Traced.run(forward_fn),
+            customized_pruners={BlockMarker: _BlockPruner(), InputMarker: _InputPruner()},
             verbose=False,
         )
+        _unbind_keeps_channels(dg)
         roots = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding)
         for tp_group in dg.get_all_groups(root_module_types=roots):
             group, note = _convert(tp_group, dg, tmap, comps, exclude, order)
@@ -215,7 +256,7 @@ def _convert(
         if isinstance(view, nn.Parameter):
             real, lead = tmap.tensor(view)
             layout: Tuple[Tuple[Any, int], ...] = ((view, node.pruning_dim if node is not None else -1),)
-            owner_name = dg._module2name.get(view, "parameter")
+            owner_name = dg._module2name.get(view, "parameter").removeprefix("model.")
         elif _is_dummy(view):
             continue
         else:

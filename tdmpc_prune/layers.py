@@ -40,6 +40,56 @@ class BlockMarker(nn.Module):
         return x * 1.0
 
 
+class InputMarker(nn.Module):
+    """Trace-time pass-through for a model input, so the graph knows its width.
+
+    torch-pruning computes `torch.cat` offsets from the traced inputs only; a raw input (the
+    observation in `cat([obs, task_emb])`) would shift every offset after it.
+    """
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.width = int(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 1.0
+
+
+def _markable(x) -> bool:
+    return isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() > 0
+
+
+def _flat_tensors(inputs) -> List[torch.Tensor]:
+    if isinstance(inputs, torch.Tensor):
+        return [inputs]
+    if isinstance(inputs, (tuple, list)):
+        return [t for x in inputs for t in _flat_tensors(x)]
+    if isinstance(inputs, dict):
+        return [t for v in inputs.values() for t in _flat_tensors(v)]
+    return []
+
+
+def input_markers(inputs) -> nn.ModuleList:
+    """One `InputMarker` per floating-point tensor of a nested input structure (in traversal order)."""
+    return nn.ModuleList(InputMarker(t.shape[-1]) for t in _flat_tensors(inputs) if _markable(t))
+
+
+def mark_inputs(inputs, markers: nn.ModuleList):
+    """Pass the floating-point tensors of `inputs` through `markers`, in traversal order."""
+    it = iter(markers)
+
+    def walk(x):
+        if _markable(x):
+            return next(it)(x.detach().requires_grad_(True))
+        if isinstance(x, (tuple, list)):
+            return type(x)(walk(v) for v in x)
+        if isinstance(x, dict):
+            return {k: walk(v) for k, v in x.items()}
+        return x
+
+    return walk(inputs)
+
+
 class _NormedLinearView(nn.Module):
     """Trace-time stand-in for a Linear that owns its LayerNorm (shares Parameters and the LN)."""
 

@@ -86,3 +86,31 @@ def test_exclude_protects_a_modules_outputs_only() -> None:
     ids = {g.id for g in pruner.groups}
     assert "_dynamics.1" not in ids and "_dynamics.0" in ids  # _dynamics.0's group reads into _dynamics.1: still prunable
     assert any("excluded module _dynamics.1" in n for n in pruner.notes)
+
+
+class _TaskConditioned(torch.nn.Module):
+    """cat([raw observation, task embedding]) -> MLP: the raw input shifts the embedding's columns."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(3, 8)
+        self.body = torch.nn.Sequential(torch.nn.Linear(5 + 8, 16), torch.nn.LayerNorm(16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+
+    def forward(self, obs, task):
+        return self.body(torch.cat([obs, self.emb(task)], -1))
+
+
+def test_concat_offsets_count_raw_inputs() -> None:
+    torch.manual_seed(0)
+    masked, pruned = _TaskConditioned(), _TaskConditioned()
+    pruned.load_state_dict(masked.state_dict())
+    inputs = (torch.randn(4, 5), torch.tensor([0, 1, 2, 1]))
+    pm = Pruner(masked, example_inputs=inputs, criterion="magnitude", sparsity=0.5, physical=False)
+    pp = Pruner(pruned, example_inputs=inputs, criterion="magnitude", sparsity=0.5)
+    emb_cols = next(m for m in pp._by_id["emb"].members if m.name == "body.0.weight")
+    assert emb_cols.pos.tolist() == list(range(5, 13))  # after the 5 observation columns
+    pm.prune_to()
+    pp.prune_to()
+    assert pruned.body[0].in_features == 5 + 4 and pruned.emb.embedding_dim == 4
+    with torch.no_grad():
+        assert (masked(*inputs) - pruned(*inputs)).abs().max() <= 1e-6
