@@ -1,0 +1,16 @@
+"""Stable-Baselines3 integration: prune PPO, A2C, SAC, TD3 and DQN policies while they train.
+
+    from stable_baselines3 import PPO
+    from tdmpc_prune.sb3 import PruningCallback, wrap, load
+
+    model = wrap(PPO("MlpPolicy", "CartPole-v1"), criterion="bayes", sparsity=0.75)
+    model.learn(100_000)                    # or: PPO(...).learn(100_000, callback=PruningCallback(sparsity=0.75))
+    model.save("ppo_pruned")                # stock save; PPO.load works when net_arch can express the widths
+    model = load("ppo_pruned")              # always works; learn() continues the schedule
+"""
+from .callback import LoggerSink, PruningCallback
+from .components import Wiring, wiring
+from .io import PruningState, get_pruner, load
+from .wrap import pruned_class, wrap
+
+__all__ = ["PruningCallback", "wrap", "load", "get_pruner", "LoggerSink", "PruningState", "Wiring", "wiring", "pruned_class"]

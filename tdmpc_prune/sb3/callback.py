@@ -1,0 +1,130 @@
+"""`PruningCallback`: prune an SB3 model while it trains, and log the `prune/*` view through SB3's logger."""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import HParam, Image, Logger
+
+from ..config import PruneConfig
+from ..errors import PruneConfigError
+from ..pruner import Pruner
+from ..tensorboard import ImportanceHeatmap, log_pruner, prune_hparams
+from .components import optimizers
+from .io import bind
+
+CALLBACK_OPTIONS = ("total_timesteps", "log_freq", "heatmap", "verbose")
+TENSORBOARD_ONLY = ("stdout", "log", "json", "csv")
+_ON_STDOUT = ("prune/sparsity", "prune/params", "prune/params_ratio", "prune/flops_ratio", "prune/events")
+
+
+class LoggerSink:
+    """A `tdmpc_prune.tensorboard.Sink` over SB3's logger (values are written at its next dump)."""
+
+    def __init__(self, logger: Logger):
+        self.logger = logger
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self.logger.record(tag, float(value), exclude=None if tag in _ON_STDOUT else ("stdout", "log"))
+
+    def histogram(self, tag: str, values: np.ndarray, step: int) -> None:
+        self.logger.record(tag, th.as_tensor(np.asarray(values, dtype=np.float32)), exclude=TENSORBOARD_ONLY)
+
+    def image(self, tag: str, image_hwc: np.ndarray, step: int) -> None:
+        self.logger.record(tag, Image(image_hwc, "HWC"), exclude=TENSORBOARD_ONLY)
+
+
+class PruningCallback(BaseCallback):
+    """Prunes the model's policy during `learn()`, between rollouts, on the core schedule.
+
+    Options (same names as the TD-MPC2 `prune.*` options, see `PruneConfig`): criterion, sparsity,
+    schedule, start, end, iterations, budgets, coupling, coupling_sparsity, scope, l1, l1_period,
+    physical, ema, prior_strength, exclude, seed.  `start`/`end` as floats are fractions of the run.
+
+    Args:
+        total_timesteps: run length that fractional start/end/l1_period refer to (default: the
+            `total_timesteps` of the first `learn()`, kept by later calls and by saved models).
+        log_freq: write the `prune/*` view every `log_freq` timesteps (and at every pruning event).
+        heatmap: also log the importance heatmap image at pruning events and at the end.
+    """
+
+    def __init__(
+        self,
+        total_timesteps: Optional[int] = None,
+        log_freq: int = 1000,
+        heatmap: bool = True,
+        verbose: int = 0,
+        **options: Any,
+    ):
+        super().__init__(verbose)
+        try:
+            PruneConfig.from_dict(options)  # a bad option fails here, naming it
+        except PruneConfigError as e:
+            if set(options) - set(PruneConfig().to_dict()):
+                raise PruneConfigError(f"{e}; PruningCallback itself also takes {', '.join(CALLBACK_OPTIONS)}") from None
+            raise
+        if total_timesteps is not None and (not isinstance(total_timesteps, int) or total_timesteps < 1):
+            raise PruneConfigError(f"total_timesteps must be a positive int (the run length), got {total_timesteps!r}")
+        if not isinstance(log_freq, int) or log_freq < 1:
+            raise PruneConfigError(f"log_freq must be a positive int (timesteps), got {log_freq!r}")
+        self.options = dict(options)
+        self.total_timesteps = total_timesteps
+        self.log_freq = log_freq
+        self.heatmap = ImportanceHeatmap() if heatmap else None
+        self.pruner: Optional[Pruner] = None
+        self._last_log: Optional[int] = None
+
+    # ------------------------------------------------------------------------------ SB3 events
+    def _init_callback(self) -> None:
+        self.pruner = bind(self.model, self.options)
+
+    def _on_training_start(self) -> None:
+        pruner = self.pruner
+        now = self.model.num_timesteps
+        if now < pruner.clock:
+            warnings.warn(
+                f"the timestep counter went back from {pruner.clock} to {now} (learn() with reset_num_timesteps=True): "
+                "pruning events already fired stay done; pass reset_num_timesteps=False to continue a run",
+                stacklevel=2,
+            )
+        total = self.total_timesteps or pruner.total_steps or int(self.locals["total_timesteps"])
+        pruner.attach(optimizers(self.model), total_steps=total)
+        self.logger.record(
+            "hparams", HParam(prune_hparams(pruner), {"prune/sparsity": 0.0, "rollout/ep_rew_mean": 0.0}), exclude=TENSORBOARD_ONLY
+        )
+        self._log(force=True)
+        self.logger.dump(now)  # the state before this learn() (dense on a fresh run) gets its own point
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        report = self.pruner.step(self.model.num_timesteps)
+        if report is not None and self.verbose:
+            print(f"[tdmpc_prune] t={self.model.num_timesteps} sparsity={report['sparsity']:.3f} params={int(report['params'])}")
+        self._log(force=report is not None, image=report is not None)
+
+    def _on_training_end(self) -> None:
+        self._log(force=True, image=True)
+        self.logger.dump(self.model.num_timesteps)
+        self.pruner.detach()
+
+    # ------------------------------------------------------------------------------ logging
+    def _log(self, force: bool = False, image: bool = False) -> None:
+        step = self.model.num_timesteps
+        if not force and self._last_log is not None and step - self._last_log < self.log_freq:
+            return
+        self._last_log = step
+        sink = LoggerSink(self.logger)
+        log_pruner(sink, self.pruner, step)
+        scores = self.pruner.scores()
+        for g in self.pruner.groups:  # log_pruner writes the coupling groups; add the others
+            if g.kind != "coupling" and bool((~th.isnan(scores[g.id])).any()):
+                sink.scalar(f"prune/importance/{g.id}", float(th.nanmean(scores[g.id])), step)
+        if self.heatmap is not None:
+            self.heatmap.add(self.pruner, step, scores)
+            if image and len(self.heatmap.columns) >= 2:
+                sink.image("prune/importance_heatmap", self.heatmap.render([g.id for g in self.pruner.groups]), step)
