@@ -7,6 +7,7 @@ statistics as 0-dim tensors -- there is no host synchronisation inside an update
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Dict, Mapping, Optional, Union
 
 import numpy as np
@@ -109,13 +110,38 @@ class TDMPC2:
 
     def _update(self, obs, action, reward, terminated, task=None) -> Dict[str, torch.Tensor]:
         cfg, model = self.cfg, self.model
-        bins = (cfg.num_bins, cfg.vmin, cfg.vmax)
         with torch.no_grad():
             next_z = model.encode(obs[1:], task)
             td_targets = self._td_target(next_z, reward, terminated, task)
 
         model.train()
-        z = model.encode(obs[0], task)
+        zs, losses = self.model_losses(obs[0], action, reward, terminated, next_z, td_targets, task)
+        total_loss = losses["total_loss"]
+        total_loss.backward()
+        params = [p for g in self.optim.param_groups for p in g["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm)
+        self.optim.step()
+        self.optim.zero_grad(set_to_none=True)
+
+        info = self._update_pi(zs.detach(), task)
+        model.soft_update_target_Q()
+        model.eval()
+        info.update(losses)
+        info["grad_norm"] = grad_norm
+        return {k: v.detach() for k, v in info.items()}
+
+    def model_losses(self, obs0, action, reward, terminated, next_z, td_targets, task=None):
+        """World-model losses of one batch: latent rollout from `obs0` over the horizon.
+
+        consistency = sum_t rho^t mse(z_{t+1}, enc(o_{t+1})) / H
+        reward      = sum_t rho^t CE(R(z_t, a_t), twohot(r_t)) / H
+        value       = sum_{t,q} rho^t CE(Q_q(z_t, a_t), twohot(td_t)) / (H * num_q)
+        termination = BCE(T(z_{t+1}), d_t)  (episodic only)
+        Returns the latent rollout zs (H+1, B, L) and the losses (with `total_loss`).
+        """
+        cfg, model = self.cfg, self.model
+        bins = (cfg.num_bins, cfg.vmin, cfg.vmax)
+        z = model.encode(obs0, task)
         zs = [z]
         for t in range(cfg.horizon):
             z = model.next(z, action[t], task)
@@ -123,37 +149,22 @@ class TDMPC2:
         zs = torch.stack(zs)  # (H+1, B, latent)
         rho = Fn.rho_weights(cfg.rho, cfg.horizon, zs)
 
-        consistency_loss = ((zs[1:] - next_z) ** 2).mean(dim=(1, 2)).mul(rho).sum() / cfg.horizon
+        consistency = ((zs[1:] - next_z) ** 2).mean(dim=(1, 2)).mul(rho).sum() / cfg.horizon
         reward_pred = model.reward(zs[:-1], action, task)  # (H, B, bins)
         reward_loss = Fn.soft_ce(reward_pred, reward, *bins).mean(dim=(1, 2)).mul(rho).sum() / cfg.horizon
         qs = model.Q(zs[:-1], action, task, return_type="all")  # (num_q, H, B, bins)
         value_ce = -(Fn.two_hot(td_targets, *bins) * F.log_softmax(qs, dim=-1)).sum(-1)  # (num_q, H, B)
         value_loss = value_ce.mean(dim=2).mul(rho).sum() / (cfg.horizon * qs.shape[0])
-        total_loss = cfg.consistency_coef * consistency_loss + cfg.reward_coef * reward_loss + cfg.value_coef * value_loss
-        info: Dict[str, torch.Tensor] = {}
+        total = cfg.consistency_coef * consistency + cfg.reward_coef * reward_loss + cfg.value_coef * value_loss
+        out = {"consistency_loss": consistency, "reward_loss": reward_loss, "value_loss": value_loss}
         if model._termination is not None:
             term_logit = model.termination(zs[1:], task, unnormalized=True)
             termination_loss = F.binary_cross_entropy_with_logits(term_logit, terminated)
-            total_loss = total_loss + cfg.termination_coef * termination_loss
-            info.update(termination_loss=termination_loss, **_termination_stats(term_logit[-1], terminated[-1]))
-
-        total_loss.backward()
-        params = [p for g in self.optim.param_groups for p in g["params"]]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm)
-        self.optim.step()
-        self.optim.zero_grad(set_to_none=True)
-
-        info.update(self._update_pi(zs.detach(), task))
-        model.soft_update_target_Q()
-        model.eval()
-        info.update(
-            consistency_loss=consistency_loss.detach(),
-            reward_loss=reward_loss.detach(),
-            value_loss=value_loss.detach(),
-            total_loss=total_loss.detach(),
-            grad_norm=grad_norm.detach(),
-        )
-        return {k: v.detach() for k, v in info.items()}
+            total = total + cfg.termination_coef * termination_loss
+            out["termination_loss"] = termination_loss
+            out.update({k: v.detach() for k, v in _termination_stats(term_logit[-1], terminated[-1]).items()})
+        out["total_loss"] = total
+        return zs, out
 
     def _update_pi(self, zs: torch.Tensor, task) -> Dict[str, torch.Tensor]:
         """Policy step: maximise scaled Q plus entropy over the rollout latents, rho-discounted."""
@@ -190,8 +201,9 @@ class TDMPC2:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.model.refresh_views()
-        self.optim.load_state_dict(state["optim"])
-        self.pi_optim.load_state_dict(state["pi_optim"])
+        # deep copies: Optimizer.load_state_dict keeps the given tensors, which would tie two agents' moments
+        self.optim.load_state_dict(copy.deepcopy(state["optim"]))
+        self.pi_optim.load_state_dict(copy.deepcopy(state["pi_optim"]))
         self.scale.load_state_dict(state["scale"])
         self.planner.prev_mean.copy_(state["planner"]["prev_mean"])
 

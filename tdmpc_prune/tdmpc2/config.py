@@ -255,6 +255,11 @@ def _parse_scalar(key: str, raw: str, typ: Any) -> Any:
     raise TypeError(f"no parser for type {typ!r}")
 
 
+def _type_name(t: Any) -> str:
+    names = {int: "an integer", float: "a number", bool: "a boolean", str: "a string"}
+    return names.get(t, "a list such as [256,256]" if typing.get_origin(t) in (list, List) else str(t))
+
+
 def _parse_value(key: str, raw: str, hint: Any) -> Any:
     """Parse `raw` for a field annotated `hint` (int, float, bool, str, lists, Optional and Union of them)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -262,14 +267,18 @@ def _parse_value(key: str, raw: str, hint: Any) -> Any:
         if type(None) in args and raw.strip().lower() in ("none", "null", "~"):
             return None
         options = [a for a in args if a is not type(None)]
-        errors = []
+        none = " (or none)" if type(None) in args else ""
+        if len(options) == 1:
+            try:
+                return _parse_value(key, raw, options[0])
+            except ConfigError as e:
+                raise ConfigError(f"{e}{none}") from None
         for opt in options:
             try:
                 return _parse_value(key, raw, opt)
-            except ConfigError as e:
-                errors.append(str(e))
-        names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
-        raise ConfigError(f"{key}={raw!r}: expected {names}" + (" or none" if type(None) in args else ""))
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}={raw!r}: expected {' or '.join(_type_name(o) for o in options)}{none}")
     if origin in (list, List):
         body = raw.strip()
         if not (body.startswith("[") and body.endswith("]")):

@@ -190,7 +190,7 @@ class WorldModel(nn.Module):
         with _eval_template(ens) if target else contextlib.nullcontext():
             if return_type == "all":
                 return ens(x)
-            idx = torch.randperm(len(ens), device=x.device)[:2]
+            idx = torch.rand(len(ens), device=x.device).topk(2).indices  # 2 distinct members, uniformly
             out = _ensemble_subset(ens, idx, x)
         q = Fn.two_hot_inv(out, self.cfg.num_bins, self.cfg.vmin, self.cfg.vmax)
         return q.min(0).values if return_type == "min" else q.mean(0)
