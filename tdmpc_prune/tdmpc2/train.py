@@ -62,6 +62,7 @@ def resume_config(cfg: TDMPC2Config, given: Sequence[str], directory: str) -> Tu
         )
     state = torch.load(path, map_location="cpu", weights_only=False)
     saved = dict(state["cfg"])
+    given = list(dict.fromkeys(given))
     changed = [k for k in given if k not in RESUMABLE_KEYS and getattr(cfg, k) != saved.get(k)]
     if changed:
         raise ResumeError(
