@@ -1,0 +1,105 @@
+"""Time one agent update and one MPPI plan per model-size preset.
+
+    python -m tdmpc_prune.tdmpc2.bench --sizes cpu 1 5 --threads 1
+
+Uses the official defaults (batch 256, horizon 3, 512 samples x 6 iterations) on a synthetic
+replay buffer; reports the median and the best of `--repeats` timed calls after warm-up calls.
+`--all-q` times the official way of computing min/avg Q (evaluate every member, then pick two)
+to show what evaluating only the two sampled members saves.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Sequence
+
+import torch
+
+from . import world_model
+from .agent import TDMPC2
+from .buffer import ReplayBuffer
+from .config import make_config
+
+
+@contextmanager
+def all_members_q() -> Iterator[None]:
+    """Temporarily evaluate every critic and index two afterwards (official behaviour)."""
+    original = world_model._ensemble_subset
+
+    def full_then_pick(ens, idx, x):
+        return ens(x).index_select(0, idx)
+
+    world_model._ensemble_subset = full_then_pick
+    try:
+        yield
+    finally:
+        world_model._ensemble_subset = original
+
+
+def _time(fn, warmup: int, repeats: int) -> List[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1e3)
+    return out
+
+
+def bench(size: str, obs_dim: int, action_dim: int, repeats: int, warmup: int, device: str, **overrides) -> Dict[str, float]:
+    cfg = make_config(model_size=size, obs_dim=obs_dim, action_dim=action_dim, device=device, **overrides)
+    agent = TDMPC2(cfg)
+    buf = ReplayBuffer(4 * 501, obs_dim, action_dim, cfg.horizon, cfg.batch_size, agent.device)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        buf.add(torch.randn(501, obs_dim, generator=g), torch.rand(501, action_dim, generator=g) * 2 - 1,
+                torch.rand(501, generator=g), torch.zeros(501))
+    obs = torch.randn(obs_dim)
+    sync = torch.cuda.synchronize if agent.device.type == "cuda" else (lambda: None)
+
+    def update():
+        agent.update(buf)
+        sync()
+
+    def plan():
+        agent.act(obs)
+        sync()
+
+    u, p = _time(update, warmup, repeats), _time(plan, warmup, repeats)
+    return {"params": agent.model.total_params, "update_med": statistics.median(u), "update_min": min(u),
+            "plan_med": statistics.median(p), "plan_min": min(p)}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", nargs="+", default=["cpu", "1", "5"])
+    ap.add_argument("--obs-dim", type=int, default=5, help="5 = cartpole")
+    ap.add_argument("--action-dim", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--all-q", action="store_true", help="baseline: evaluate all critics for min/avg Q")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), device {args.device}, obs {args.obs_dim}, "
+          f"action {args.action_dim}{', all-Q baseline' if args.all_q else ''}")
+    print("| preset | params | ms/update (median / best) | ms/plan (median / best) |")
+    print("|---|---:|---:|---:|")
+    for size in args.sizes:
+        with all_members_q() if args.all_q else _null():
+            r = bench(size, args.obs_dim, args.action_dim, args.repeats, args.warmup, args.device)
+        print(f"| {size} | {r['params']:,} | {r['update_med']:.0f} / {r['update_min']:.0f} | {r['plan_med']:.0f} / {r['plan_min']:.0f} |",
+              flush=True)
+
+
+@contextmanager
+def _null() -> Iterator[None]:
+    yield
+
+
+if __name__ == "__main__":
+    main()
