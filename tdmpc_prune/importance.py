@@ -36,7 +36,7 @@ Memory is a handful of floats per *channel* (never a per-parameter copy).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Set
+from typing import Dict, List, Mapping, Optional, Sequence, Set, Union
 
 import torch
 
@@ -44,12 +44,34 @@ from .groups import Group
 from .surgery import Surgeon
 
 
+Index = Union[slice, torch.Tensor]
+
+
 @dataclass
 class _Entry:
     dim: int
-    pos: torch.Tensor  # current positions along dim (device)
-    flat: torch.Tensor  # flat channel slot of each position (device)
+    pos: Index  # current positions along dim: a slice when contiguous (the usual case), else indices
+    flat: Index  # flat channel slot of each position, likewise
     reduce: tuple  # dims summed over
+
+    def add_to(self, buf: torch.Tensor, per_position: torch.Tensor) -> None:
+        """buf[flat] += per_position[pos]."""
+        vals = per_position[self.pos]
+        if vals.dtype != buf.dtype:
+            vals = vals.to(buf.dtype)
+        if isinstance(self.flat, slice):
+            buf[self.flat] += vals
+        else:
+            buf.index_add_(0, self.flat, vals)
+
+
+def _compact(idx: torch.Tensor, device: torch.device) -> Index:
+    """A slice for a run of consecutive indices (no memory, no gather), else an int32/int64 tensor."""
+    n = idx.numel()
+    if n and int(idx[-1]) - int(idx[0]) == n - 1 and bool((idx[1:] > idx[:-1]).all()):
+        return slice(int(idx[0]), int(idx[0]) + n)
+    dtype = torch.int32 if n and int(idx.max()) < 2**31 else torch.long
+    return idx.to(device, dtype)
 
 
 @dataclass
@@ -84,6 +106,7 @@ class ChannelStats:
         self._p_abs, self._p_sq = z(), z()
         self._p_taylor = torch.zeros(0, device=self.device)
         self._pending = False
+        self.needs = {"abs", "sq"}  # statistics gathered each step (set from the criterion)
         self.count = torch.ones(n, device=self.device)
         self.alive = torch.ones(n, dtype=torch.bool, device=self.device)
         self.plan: List[_TensorPlan] = []
@@ -117,8 +140,9 @@ class ChannelStats:
                 count.index_add_(0, off + chan, torch.full((chan.numel(),), float(per_entry)))
                 reduce = tuple(d for d in range(t.dim()) if d != m.dim)
                 plan = plans.setdefault(id(t), _TensorPlan(t, []))
-                idx = torch.int32 if t.shape[m.dim] < 2**31 and self.size < 2**31 else torch.long
-                plan.entries.append(_Entry(m.dim, pos.to(t.device, idx), (off + chan).to(self.device, idx), reduce))
+                order = torch.argsort(pos)
+                pos, chan = pos[order], chan[order]
+                plan.entries.append(_Entry(m.dim, _compact(pos, t.device), _compact(off + chan, self.device), reduce))
         self.plan = list(plans.values())
         self.count = count.clamp_min(1.0).to(self.device)
         self.alive = alive_flat.to(self.device)
@@ -132,14 +156,14 @@ class ChannelStats:
             g = t.grad
             if g is None or (only is not None and id(t) not in only):
                 continue
-            ga = g.abs()
-            g2 = g * g
-            wg = (t.detach() * g).abs() if self.track_taylor else None
+            # each statistic the criterion needs: one elementwise pass per tensor, summed per entry
+            ga = g.abs() if "abs" in self.needs else None
+            g2 = g.square() if "sq" in self.needs else None
+            wg = (t.detach() * g).abs_() if self.track_taylor else None
             for e in plan.entries:
-                self._p_abs.index_add_(0, e.flat, _reduce(ga, e).index_select(0, e.pos).to(self._p_abs.dtype))
-                self._p_sq.index_add_(0, e.flat, _reduce(g2, e).index_select(0, e.pos).to(self._p_sq.dtype))
-                if wg is not None:
-                    self._p_taylor.index_add_(0, e.flat, _reduce(wg, e).index_select(0, e.pos).to(self._p_taylor.dtype))
+                for buf, x in ((self._p_abs, ga), (self._p_sq, g2), (self._p_taylor, wg)):
+                    if x is not None:
+                        e.add_to(buf, _sum(x, e))
             self._pending = True
 
     @torch.no_grad()
@@ -190,15 +214,15 @@ class ChannelStats:
         """L2 norm of each channel's coupled weights."""
         out = torch.zeros(self.size, device=self.device)
         for plan in self.plan:
-            w2 = plan.tensor.detach() ** 2
+            w2 = plan.tensor.detach().square()
             for e in plan.entries:
-                out.index_add_(0, e.flat, _reduce(w2, e).index_select(0, e.pos).to(out.dtype))
+                e.add_to(out, _sum(w2, e))
         return out.sqrt()
 
     def stats_bytes(self) -> int:
         """Bytes held for statistics: buffers, pending sums, counts and the index plan."""
         tensors = [getattr(self, b) for b in _BUFFERS] + [self._p_abs, self._p_sq, self._p_taylor, self.count, self.alive]
-        tensors += [t for p in self.plan for e in p.entries for t in (e.pos, e.flat)]
+        tensors += [t for p in self.plan for e in p.entries for t in (e.pos, e.flat) if isinstance(t, torch.Tensor)]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
@@ -214,7 +238,12 @@ class ChannelStats:
             setattr(self, b, v.to(self.device).clone())
 
 
-def _reduce(x: torch.Tensor, e: _Entry) -> torch.Tensor:
+def _sum(x: torch.Tensor, e: _Entry) -> torch.Tensor:
+    """Sum of `x` over every dim but the entry's (one value per position along it).
+
+    (`x.sum(dims)` on a precomputed |g| or g^2 is several times faster on CPU than
+    `torch.linalg.vector_norm` over leading dims.)
+    """
     return x.sum(e.reduce) if e.reduce else x
 
 
@@ -223,7 +252,11 @@ class Criterion:
     """Maps statistics to one score per channel (higher = more important)."""
 
     name = ""
-    uses_taylor = False
+    needs: frozenset = frozenset()  # per-step statistics it reads: "abs", "sq", "taylor"
+
+    @property
+    def uses_taylor(self) -> bool:
+        return "taylor" in self.needs
 
     def score(self, stats: ChannelStats, generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
@@ -231,6 +264,7 @@ class Criterion:
 
 class Grad(Criterion):
     name = "grad"
+    needs = frozenset({"abs"})
 
     def score(self, stats, generator):
         return stats.ema_abs
@@ -238,6 +272,7 @@ class Grad(Criterion):
 
 class Fisher(Criterion):
     name = "fisher"
+    needs = frozenset({"sq"})
 
     def score(self, stats, generator):
         return stats.ema_sq
@@ -245,6 +280,7 @@ class Fisher(Criterion):
 
 class Bayes(Criterion):
     name = "bayes"
+    needs = frozenset({"sq"})
 
     def score(self, stats, generator):
         return torch.log1p(stats.posterior()["mean"]) * (1.0 + stats.ema_sq)
@@ -252,7 +288,7 @@ class Bayes(Criterion):
 
 class Taylor(Criterion):
     name = "taylor"
-    uses_taylor = True
+    needs = frozenset({"taylor"})
 
     def score(self, stats, generator):
         return stats.ema_taylor
@@ -274,6 +310,7 @@ class Random(Criterion):
 
 class Combined(Criterion):
     name = "combined"
+    needs = frozenset({"abs", "sq"})
 
     def score(self, stats, generator):
         parts = [c.score(stats, generator) for c in (Grad(), Fisher(), Bayes())]

@@ -106,6 +106,7 @@ class Pruner:
         self.stats = ChannelStats(groups, config.ema, config.prior_strength, device)
         self.criterion = CRITERIA[config.criterion]
         self.stats.track_taylor = self.criterion.uses_taylor
+        self.stats.needs = set(self.criterion.needs)
         self.alive: Dict[str, torch.Tensor] = {g.id: torch.ones(g.channels, dtype=torch.bool) for g in groups}
         self.history: List[Dict[str, Any]] = []
         self.clock = 0

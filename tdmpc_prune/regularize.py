@@ -59,8 +59,8 @@ class GroupLasso:
                 continue
             for e in plan.entries:
                 scale = torch.zeros(t_.shape[e.dim], device=t_.device, dtype=t_.dtype)
-                scale.index_add_(0, e.pos, coef.index_select(0, e.flat).to(t_.dtype))
+                scale[e.pos] = coef[e.flat].to(t_.dtype)
                 shape = [1] * t_.dim()
                 shape[e.dim] = -1
-                t_.grad.add_(t_.detach() * scale.view(shape))
+                t_.grad.addcmul_(t_.detach(), scale.view(shape))
 

@@ -11,11 +11,12 @@ Tags (CleanRL-style namespaces):
 from __future__ import annotations
 
 import io
-from typing import Dict, List, Mapping, Optional, Protocol
+from typing import Dict, List, Mapping, Optional, Protocol, Union
 
 import numpy as np
 import torch
 
+from .config import PruneConfig
 from .pruner import Pruner
 
 
@@ -125,10 +126,11 @@ def log_pruner(sink: Sink, pruner: Pruner, step: int, heatmap: Optional[Importan
     return scalars
 
 
-def prune_hparams(pruner: Pruner) -> Dict[str, object]:
-    """The prune options flattened for TensorBoard hparams (`prune.<option>`)."""
+def prune_hparams(config: Union[PruneConfig, Pruner]) -> Dict[str, object]:
+    """The prune options (of a config or a pruner) flattened for TensorBoard hparams (`prune.<option>`)."""
+    config = config.config if isinstance(config, Pruner) else config
     out: Dict[str, object] = {}
-    for k, v in pruner.config.to_dict().items():
+    for k, v in config.to_dict().items():
         if isinstance(v, dict):
             for kk, vv in v.items():
                 out[f"prune.budgets.{kk}"] = float(vv)

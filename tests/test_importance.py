@@ -47,12 +47,13 @@ def test_group_found_with_coupled_tensors() -> None:
 
 
 def test_grad_and_fisher_ema() -> None:
-    model, pruner, opt = _setup("grad")
+    model, pruner, opt = _setup("combined")  # gathers both |g| and g^2
     g1, g2 = _grads(1), _grads(2)
     _step(model, opt, g1)
     _step(model, opt, g2)
     a1, a2 = _per_channel(torch.abs, g1), _per_channel(torch.abs, g2)
     f1, f2 = _per_channel(torch.square, g1), _per_channel(torch.square, g2)
+    pruner.criterion = CRITERIA["grad"]
     assert torch.allclose(pruner.scores()["0"], 0.9 * a1 + 0.1 * a2, rtol=1e-6)
     assert torch.allclose(pruner.stats.ema_sq, 0.9 * f1 + 0.1 * f2, rtol=1e-6)
     pruner.criterion = CRITERIA["fisher"]
@@ -111,7 +112,7 @@ def test_random_is_seeded() -> None:
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_gradients_are_skipped_and_counted(bad: float) -> None:
-    model, pruner, opt = _setup("bayes")
+    model, pruner, opt = _setup("combined")
     g1 = _grads(1)
     _step(model, opt, g1)
     poisoned = list(_grads(2))
@@ -131,3 +132,13 @@ def test_statistics_are_per_channel_not_per_parameter() -> None:
     pruner = Pruner(big, example_inputs=(torch.randn(2, 64),), criterion="bayes")
     param_bytes = sum(p.numel() * p.element_size() for p in big.parameters())
     assert pruner.stats.stats_bytes() < 0.05 * param_bytes
+
+
+@pytest.mark.parametrize("criterion,needs", [("grad", {"abs"}), ("bayes", {"sq"}), ("magnitude", set()), ("taylor", {"taylor"})])
+def test_only_the_statistics_a_criterion_reads_are_gathered(criterion: str, needs: set) -> None:
+    model, pruner, opt = _setup(criterion)
+    _step(model, opt, _grads(1))
+    pruner.stats.commit()
+    assert (pruner.stats.ema_abs.abs().sum() > 0) == ("abs" in needs)
+    assert (pruner.stats.ema_sq.abs().sum() > 0) == ("sq" in needs)
+    assert pruner.stats.track_taylor == ("taylor" in needs)

@@ -1,0 +1,190 @@
+"""`attach()`: one call that wires a `Pruner` to a TD-MPC2 agent or world model.
+
+Works on our agent and on any world model with the official tdmpc2 layout: `_encoder`
+(ModuleDict by observation type), `_dynamics`, `_reward`, `_termination` (episodic), `_pi`, `_Qs`
+(a vmapped ensemble: our `StackedEnsemble` or tensordict `from_modules`), `_detach_Qs` (sharing
+storage) and `_target_Qs` (a copy), `_task_emb` (multitask), and methods
+`encode(obs, task)`, `next(z, a, task)`, `reward(z, a, task)`, `Q(z, a, task, return_type)`.
+
+The latent is one **coupling** group (encoder output, dynamics input and output, reward/Q/policy
+inputs, pruned in whole SimNorm simplices); each hidden width is a **component** group (one width
+shared by all Q members); action, bin and observation dims are never pruned.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..config import PruneConfig
+from ..errors import PruneError
+from ..pruner import Pruner
+
+# component name -> world-model attribute (in the order they are reported)
+COMPONENT_ATTRS: Tuple[Tuple[str, str], ...] = (
+    ("encoder", "_encoder"),
+    ("dynamics", "_dynamics"),
+    ("reward", "_reward"),
+    ("termination", "_termination"),
+    ("Q", "_Qs"),
+    ("policy", "_pi"),
+    ("task_embedding", "_task_emb"),
+)
+REQUIRED = ("_encoder", "_dynamics", "_reward", "_pi", "_Qs")
+# config keys of our agent that record each component's hidden widths
+WIDTH_KEYS = {
+    "encoder": "enc_dims",
+    "dynamics": "dynamics_dims",
+    "reward": "reward_dims",
+    "termination": "termination_dims",
+    "policy": "pi_dims",
+    "Q": "q_dims",
+}
+
+
+def world_model_of(agent_or_model: nn.Module) -> nn.Module:
+    """The world model of an agent (`agent.model`), or the argument itself."""
+    wm = getattr(agent_or_model, "model", agent_or_model)
+    missing = [a for a in REQUIRED if getattr(wm, a, None) is None]
+    if missing:
+        raise PruneError(
+            f"{type(wm).__name__} does not have the TD-MPC2 world-model layout (missing {', '.join(missing)}); "
+            "pass a TD-MPC2 agent (with .model) or its WorldModel"
+        )
+    return wm
+
+
+def components(wm: nn.Module) -> Dict[str, str]:
+    return {name: attr for name, attr in COMPONENT_ATTRS if isinstance(getattr(wm, attr, None), nn.Module)}
+
+
+def _multitask(wm: nn.Module) -> bool:
+    return bool(getattr(getattr(wm, "cfg", None), "multitask", False))
+
+
+def _with_task(wm: nn.Module, z: torch.Tensor, task: Optional[torch.Tensor]) -> torch.Tensor:
+    return wm.task_emb(z, task) if _multitask(wm) else z
+
+
+def _first_linear(module: nn.Module) -> nn.Linear:
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            return m
+    raise PruneError("the encoder has no Linear layer; only state (vector) observations are supported")
+
+
+def example_inputs(wm: nn.Module, batch: int = 4, horizon: int = 2) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """(obs, actions[horizon], task) shaped for the world model; only shapes matter."""
+    cfg = wm.cfg
+    key = getattr(cfg, "obs", "state")
+    encoder = wm._encoder[key] if isinstance(wm._encoder, nn.ModuleDict) else wm._encoder
+    lin = _first_linear(encoder)
+    device = lin.weight.device
+    task_dim = int(wm._task_emb.embedding_dim) if _multitask(wm) else 0
+    obs = torch.randn(batch, lin.in_features - task_dim, device=device)
+    actions = torch.rand(horizon, batch, int(cfg.action_dim), device=device) * 2 - 1
+    task = torch.zeros(batch, dtype=torch.long, device=device) if _multitask(wm) else None
+    return obs, actions, task
+
+
+def rollout(wm: nn.Module, inputs: Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]) -> List[torch.Tensor]:
+    """A latent rollout over the given actions returning every head's raw output.
+
+    The latent written by the dynamics is read again at the next step, so the trace sees that the
+    dynamics output *is* the latent. Heads are returned raw (before two-hot decoding, squashing).
+    """
+    obs, actions, task = inputs
+    z = wm.encode(obs, task)
+    termination = getattr(wm, "_termination", None)
+    outs: List[torch.Tensor] = []
+    for a in actions:
+        outs.append(wm.reward(z, a, task))
+        outs.append(wm.Q(z, a, task, return_type="all"))
+        outs.append(wm._pi(_with_task(wm, z, task)))
+        if isinstance(termination, nn.Module):
+            outs.append(termination(_with_task(wm, z, task)))
+        z = wm.next(z, a, task)
+    outs.append(wm._pi(_with_task(wm, z, task)))
+    return outs
+
+
+def _register_mirrors(pruner: Pruner, wm: nn.Module) -> None:
+    """Detached and target Q copies: found implicitly for our layout, registered here for the official one."""
+    for attr, shared in (("_detach_Qs", True), ("_target_Qs", False)):
+        mirror = getattr(wm, attr, None)
+        if isinstance(mirror, nn.Module):
+            pruner.add_mirror(wm._Qs, mirror, shared=shared)
+
+
+def hidden_widths(wm: nn.Module) -> Dict[str, List[int]]:
+    """Current hidden widths of every component (Linear outputs except the last)."""
+    from ..layers import ensemble_template, is_ensemble
+
+    out: Dict[str, List[int]] = {}
+    for name, attr in COMPONENT_ATTRS:
+        mod = getattr(wm, attr, None)
+        if not isinstance(mod, nn.Module) or isinstance(mod, nn.Embedding):
+            continue
+        if isinstance(mod, nn.ModuleDict):
+            mod = mod[getattr(wm.cfg, "obs", "state")]
+        if is_ensemble(mod):
+            mod = ensemble_template(mod)
+        linears = [m for m in mod.modules() if isinstance(m, nn.Linear)]
+        out[name] = [int(m.out_features) for m in linears[:-1]]
+    return out
+
+
+def sync_config(agent_or_model: nn.Module, wm: nn.Module) -> None:
+    """Write the pruned widths back into the config so a checkpoint rebuilds the pruned shape."""
+    cfgs = {id(c): c for c in (getattr(agent_or_model, "cfg", None), getattr(wm, "cfg", None)) if c is not None}
+    widths = hidden_widths(wm)
+    latent = int(wm._dynamics[-1].out_features) if isinstance(wm._dynamics, nn.Sequential) else None
+    for cfg in cfgs.values():
+        if latent is not None and hasattr(cfg, "latent_dim"):
+            cfg.latent_dim = latent
+        if isinstance(getattr(wm, "_task_emb", None), nn.Embedding) and hasattr(cfg, "task_dim"):
+            cfg.task_dim = int(wm._task_emb.embedding_dim)
+        for comp, key in WIDTH_KEYS.items():
+            if comp in widths and hasattr(cfg, key):
+                setattr(cfg, key, list(widths[comp]))
+        mlp = {w for comp in ("dynamics", "reward", "policy", "Q") for w in widths.get(comp, [])}
+        if len(mlp) == 1 and hasattr(cfg, "mlp_dim"):  # the official config has one width for all MLPs
+            cfg.mlp_dim = mlp.pop()
+        enc = set(widths.get("encoder", []))
+        if len(enc) == 1 and hasattr(cfg, "enc_dim"):
+            cfg.enc_dim = enc.pop()
+
+
+def recompile(agent_or_model: nn.Module) -> None:
+    """Make compiled callables re-trace for the new shapes."""
+    if hasattr(agent_or_model, "recompile"):
+        agent_or_model.recompile()
+    elif getattr(getattr(agent_or_model, "cfg", None), "compile", False):
+        torch.compiler.reset()
+        if hasattr(agent_or_model, "_plan_val"):  # the official agent caches its compiled planner
+            agent_or_model._plan_val = None
+
+
+def attach(
+    agent_or_model: nn.Module,
+    optimizers: Optional[Sequence[torch.optim.Optimizer]] = None,
+    total_steps: Optional[int] = None,
+    config: Optional[PruneConfig] = None,
+    **options: Any,
+) -> Pruner:
+    """Build the `Pruner` for a TD-MPC2 agent (or world model) and wire it to the agent's optimizers.
+
+    `optimizers` default to `agent.optim` and `agent.pi_optim`; `total_steps` is the length of the
+    run in the units of the clock you pass to `pruner.step()`. Call after moving the model to its
+    device (the official `WorldModel.to()` recreates its Q copies).
+    """
+    wm = world_model_of(agent_or_model)
+    pruner = Pruner(wm, components(wm), example_inputs(wm), rollout, config=config, **options)
+    _register_mirrors(pruner, wm)
+    if optimizers is None:
+        optimizers = [o for o in (getattr(agent_or_model, "optim", None), getattr(agent_or_model, "pi_optim", None)) if o is not None]
+    if optimizers:
+        pruner.attach(list(optimizers), total_steps=total_steps)
+    pruner.on_structure_change(lambda _: (sync_config(agent_or_model, wm), recompile(agent_or_model)))
+    return pruner

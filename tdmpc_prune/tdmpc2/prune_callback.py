@@ -1,0 +1,109 @@
+"""`--prune` for `tdmpc-prune train`: a trainer callback that owns the Pruner of the agent.
+
+The schedule clock is the trainer's environment step (the x-axis of every TensorBoard curve), so
+`prune.start=0.2` means 20 % of `steps`. After every agent update the callback advances the clock
+(pruning when an event is due); it writes the shared `prune/*` view every `log_freq` updates
+(scalars) and at every evaluation and pruning event (histograms, heatmap, planning latency).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+
+from ..config import PruneConfig
+from ..pruner import Pruner
+from ..tensorboard import ImportanceHeatmap, WriterSink, log_pruner, prune_hparams
+from .attach import attach
+
+
+class PruneCallback:
+    """Prunes the trainer's agent during training (see `tdmpc_prune.tdmpc2.attach`)."""
+
+    name = "prune"
+
+    def __init__(self, config: PruneConfig, latency_repeats: int = 5):
+        self.config = config
+        self.latency_repeats = latency_repeats
+        self.pruner: Optional[Pruner] = None
+        self.heatmap = ImportanceHeatmap()
+        self.original_cfg: Optional[Dict[str, Any]] = None
+
+    # ------------------------------------------------------------------------------ wiring
+    def _build(self, trainer) -> Pruner:
+        self.original_cfg = self.original_cfg or trainer.cfg.to_dict()
+        self.pruner = attach(trainer.agent, total_steps=trainer.total_steps, config=self.config)
+        return self.pruner
+
+    def hparams(self) -> Dict[str, Any]:
+        """The prune options, merged into the run's TensorBoard hparams by the trainer."""
+        return prune_hparams(self.config)
+
+    def on_resume(self, trainer, state: Mapping[str, Any]) -> None:
+        """Before the agent's weights are loaded: rebuild the pruner and replay its history (layers shrink)."""
+        self.original_cfg = dict(state["original_cfg"])
+        self._build(trainer)
+        self.pruner.load_state_dict(state["pruner"])
+        self.heatmap.columns = [c for c in state.get("heatmap", {}).get("columns", [])]
+        self.heatmap.steps = list(state.get("heatmap", {}).get("steps", []))
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "pruner": self.pruner.state_dict(),
+            "original_cfg": self.original_cfg,
+            "heatmap": {"columns": list(self.heatmap.columns), "steps": list(self.heatmap.steps)},
+        }
+
+    # ------------------------------------------------------------------------------ hooks
+    def on_train_start(self, trainer) -> None:
+        if self.pruner is None:
+            self._build(trainer)
+        print(f"[tdmpc-prune] pruning {len(self.pruner.groups)} groups to sparsity {self.config.sparsity} "
+              f"({self.config.criterion}, {self.config.schedule})")
+        self._log(trainer, full=True)
+
+    def on_update(self, trainer, step: int, info: Mapping[str, torch.Tensor]) -> None:
+        report = self.pruner.step(trainer.step)
+        if report is not None:
+            print(f"[tdmpc-prune] step {trainer.step:,}: sparsity {report['sparsity']:.3f}, "
+                  f"params {int(report['params']):,} ({report['params_ratio']:.2f} of dense)")
+            self._log(trainer, full=True)
+        elif trainer.updates % max(1, trainer.cfg.log_freq) == 0:
+            self._log(trainer, full=False)
+
+    def on_eval(self, trainer, step: int, metrics: Mapping[str, float]) -> None:
+        self._log(trainer, full=True)
+
+    # ------------------------------------------------------------------------------ logging
+    def _log(self, trainer, full: bool) -> None:
+        sink = WriterSink(trainer.writer)
+        if full:
+            log_pruner(sink, self.pruner, trainer.step, self.heatmap)
+            sink.scalar("prune/plan_ms", plan_latency_ms(trainer.agent, self.latency_repeats), trainer.step)
+        else:
+            for k, v in self.pruner.metrics(with_flops=False).items():
+                sink.scalar(f"prune/{k}", v, trainer.step)
+
+
+@torch.no_grad()
+def plan_latency_ms(agent, repeats: int = 5) -> float:
+    """Median wall time of one `agent.act` (MPPI planning) in ms, leaving RNG and warm start untouched."""
+    obs = torch.zeros(agent.model._encoder[agent.cfg.obs].__getitem__(0).in_features, device=agent.device)
+    planner = getattr(agent, "planner", None)
+    saved = planner.prev_mean.clone() if planner is not None else None
+    devices = [agent.device] if agent.device.type == "cuda" else []
+    times = []
+    with torch.random.fork_rng(devices=devices):
+        for _ in range(repeats + 1):
+            if agent.device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            agent.act(obs, t0=False, eval_mode=True)
+            if agent.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append((time.perf_counter() - t) * 1e3)
+    if saved is not None:
+        planner.prev_mean.copy_(saved)
+    return statistics.median(times[1:])  # the first call warms caches up
