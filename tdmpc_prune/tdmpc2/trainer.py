@@ -140,7 +140,8 @@ class Trainer:
         if not self.resumed:
             self._log_hparams()
         self._emit("on_train_start")
-        bar = _progress(self.cfg.progress, self.total_steps, self.step)
+        per_episode = self.cfg.episode_length * self.cfg.action_repeat  # the run ends on an episode boundary
+        bar = _progress(self.cfg.progress, -(-self.total_steps // per_episode) * per_episode, self.step)
         try:
             while self.step < self.total_steps:
                 if self.step >= self.next_eval:

@@ -93,7 +93,12 @@ class WorldModel(nn.Module):
     def __repr__(self) -> str:
         lines = ["TD-MPC2 World Model"]
         for name, m in self.components().items():
-            body = repr(m) if not isinstance(m, StackedEnsemble) else f"{len(m)}x {m.template!r}"
+            if isinstance(m, StackedEnsemble):
+                body = f"{len(m)}x {m.template!r}"
+            elif isinstance(m, nn.ModuleDict):
+                body = ", ".join(f"{k}: {v!r}" for k, v in m.items())
+            else:
+                body = repr(m)
             lines.append(f"  {name}: {body}")
         lines.append(f"Learnable parameters: {self.total_params:,}")
         return "\n".join(lines)
