@@ -37,6 +37,10 @@ def _default_forward(model: nn.Module, inputs: Any) -> Any:
     return model(inputs)
 
 
+def _fractional(cfg: PruneConfig) -> bool:
+    return any(isinstance(v, float) for v in (cfg.start, cfg.end))
+
+
 def _device_of(model: nn.Module) -> torch.device:
     for t in model.parameters():
         return t.device
@@ -136,8 +140,10 @@ class Pruner:
         cfg = self.config
         self.total_steps = total_steps
         done = self.schedule.done if self.schedule is not None else 0
-        self.schedule = Schedule.from_config(cfg, total_steps)
-        self.schedule.done = done
+        self.schedule = None  # built on the first step(): prune_to() alone needs no run length
+        if total_steps is not None or not _fractional(cfg):
+            self.schedule = Schedule.from_config(cfg, total_steps)
+            self.schedule.done = done
         pressured = [g.id for g in self.groups if self.group_target(g, cfg.sparsity) > 0]
         period = cfg.resolve_step(cfg.l1_period, total_steps) if cfg.l1 > 0 else 1
         self.lasso = GroupLasso(self.stats, cfg.l1, max(1, period), pressured)
