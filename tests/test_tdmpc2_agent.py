@@ -356,3 +356,25 @@ def test_agent_keeps_working_after_layers_shrink_in_place():
     assert all(v == v for v in info.values())
     assert agent.model.encode(torch.randn(2, OBS)).shape == (2, cfg.latent_dim - 8)
     assert agent.act(torch.randn(OBS), t0=True).abs().max() <= 1
+
+
+def test_fast_inference_mish_matches_native():
+    from tdmpc_prune.tdmpc2.layers import Mish
+
+    x = torch.cat([torch.linspace(-120, 120, 20001), torch.tensor([-1e4, 1e4, 0.0])])
+    with torch.no_grad():
+        fast = Mish()(x)
+    torch.testing.assert_close(fast, F.mish(x.double()).float(), rtol=0, atol=5e-6)
+    assert fast[-3] == 0 and fast[-2] == 1e4 and fast[-1] == 0
+    y = x.clone().requires_grad_()
+    assert torch.equal(Mish()(y), F.mish(y))  # with grad mode on, the native op (and backward) runs
+
+
+def test_two_member_ensemble_min_avg():
+    m = WorldModel(tiny_cfg(num_q=2, dropout=0.0))
+    for p in m._Qs.parameters():
+        p.data.normal_(0, 0.3)
+    z, a = m.encode(torch.randn(6, OBS)), torch.rand(6, ACT)
+    each = Fn.two_hot_inv(m.Q(z, a, return_type="all"), 101, -10, 10)
+    torch.testing.assert_close(m.Q(z, a, return_type="min"), each.min(0).values)
+    torch.testing.assert_close(m.Q(z, a, return_type="avg"), each.mean(0))

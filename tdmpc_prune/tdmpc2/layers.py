@@ -41,6 +41,22 @@ class SimNorm(nn.Module):
         return f"dim={self.dim}"
 
 
+class Mish(nn.Mish):
+    """`nn.Mish` with a cheaper forward when no gradient is needed (planning, TD targets).
+
+    x * tanh(softplus(x)) == x - 2x / ((1 + e^x)^2 + 1): one exp and a few in-place passes instead of
+    exp, log1p and tanh (~2x faster on CPU). It stays exact at the extremes (e^x = inf gives x; e^x = 0
+    gives 0) and agrees with `F.mish` to ~2e-6. With grad mode on, the native op (and its backward) runs.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():  # (x.requires_grad is not reliable inside torch.vmap)
+            return F.mish(x)
+        d = torch.exp(x).add_(1)
+        d.mul_(d).add_(1)  # (1 + e^x)^2 + 1 (mul_ rather than square_: it has a vmap batching rule)
+        return torch.div(x, d).mul_(-2).add_(x)
+
+
 class NormedLinear(nn.Linear):
     """Linear layer followed by (optional) dropout, LayerNorm and an activation (Mish by default)."""
 
@@ -49,7 +65,7 @@ class NormedLinear(nn.Linear):
     ):
         super().__init__(in_features, out_features, bias=bias)
         self.ln = nn.LayerNorm(out_features)
-        self.act = act if act is not None else nn.Mish(inplace=False)
+        self.act = act if act is not None else Mish()
         self.dropout = nn.Dropout(dropout, inplace=False) if dropout else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

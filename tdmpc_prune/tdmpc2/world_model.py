@@ -195,8 +195,11 @@ class WorldModel(nn.Module):
         with _eval_template(ens) if target else contextlib.nullcontext():
             if return_type == "all":
                 return ens(x)
-            idx = torch.rand(len(ens), device=x.device).topk(2).indices  # 2 distinct members, uniformly
-            out = _ensemble_subset(ens, idx, x)
+            if len(ens) == 2:  # the two members are the whole ensemble (min/avg do not depend on order)
+                out = ens(x)
+            else:
+                idx = torch.rand(len(ens), device=x.device).topk(2).indices  # 2 distinct members, uniformly
+                out = _ensemble_subset(ens, idx, x)
         q = Fn.two_hot_inv(out, self.cfg.num_bins, self.cfg.vmin, self.cfg.vmax)
         return q.min(0).values if return_type == "min" else q.mean(0)
 
