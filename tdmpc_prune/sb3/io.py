@@ -182,7 +182,11 @@ def _shapes(module: th.nn.Module) -> Dict[str, tuple]:
 
 
 def after_surgery(model: BaseAlgorithm, state: PruningState) -> None:
-    """Write the pruned widths into `policy_kwargs` where `net_arch` can express them; resample gSDE noise."""
+    """Refresh SB3's cached views, write the pruned widths into `policy_kwargs` where `net_arch` can
+    express them, and resample gSDE noise."""
+    # SAC/TD3/DQN cache their batch-norm statistics as state_dict() views: detached tensors that
+    # keep the old storage and shape after a buffer shrinks, so polyak_update would copy stale stats.
+    refresh_aliases(model)
     pruner = state.pruner
     if pruner is not None and any(h["physical"] for h in pruner.history):
         arch = net_arch(model)
