@@ -7,7 +7,7 @@ physically pruned copy on actions, values and Q-values.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, List
+from typing import Any, Dict, Tuple
 
 import gymnasium as gym
 import numpy as np
@@ -41,14 +41,29 @@ CASES: Dict[str, Any] = {
 
 
 class LinearExtractor(BaseFeaturesExtractor):
-    """A features extractor with weights: its output channels are shared by several components."""
+    """A features extractor with weights and batch-norm statistics, its output read by several components."""
 
     def __init__(self, observation_space: gym.spaces.Box, features_dim: int = 16):
         super().__init__(observation_space, features_dim)
-        self.net = nn.Sequential(nn.Linear(int(np.prod(observation_space.shape)), features_dim), nn.Tanh())
+        n_in = int(np.prod(observation_space.shape))
+        self.net = nn.Sequential(nn.Linear(n_in, features_dim), nn.BatchNorm1d(features_dim), nn.Tanh())
 
     def forward(self, obs: th.Tensor) -> th.Tensor:
         return self.net(obs)
+
+
+class SpaceEnv(gym.Env):
+    """A trivial env with the given spaces (random observations, zero reward)."""
+
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space):
+        self.observation_space, self.action_space = observation_space, action_space
+
+    def reset(self, *, seed: Any = None, options: Any = None) -> Tuple[Any, Dict]:
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action: Any) -> Tuple[Any, float, bool, bool, Dict]:
+        return self.observation_space.sample(), 0.0, False, False, {}
 
 
 def make(name: str, seed: int = 0, extractor: bool = False, **kwargs: Any) -> BaseAlgorithm:
@@ -92,10 +107,6 @@ def heads(model: BaseAlgorithm, obs: th.Tensor) -> Dict[str, th.Tensor]:
     return out
 
 
-def linear_widths(module: nn.Module) -> List[int]:
-    return [m.out_features for m in module.modules() if isinstance(m, nn.Linear)]
-
-
 def assert_sb3_consistent(model: BaseAlgorithm) -> None:
     """SB3's cached aliases, target networks and optimizers all point at the live, pruned modules."""
     policy = model.policy
@@ -117,6 +128,18 @@ def assert_sb3_consistent(model: BaseAlgorithm) -> None:
         pairs = [(policy.q_net, policy.q_net_target)]
     else:
         pairs = []
+    # the cached batch-norm statistics (state_dict views) still view the live, pruned buffers
+    stats = {"batch_norm_stats": "critic", "batch_norm_stats_target": "critic_target"}
+    if isinstance(model, TD3):
+        stats = {f"{n}_batch_norm_stats{t}": f"{n}{t}" for n in ("actor", "critic") for t in ("", "_target")}
+    elif isinstance(model, DQN):
+        stats = {"batch_norm_stats": "q_net", "batch_norm_stats_target": "q_net_target"}
+    for cached, owner in stats.items() if pairs else ():
+        buffers = [b for n, b in getattr(model, owner).named_buffers() if "running_" in n]
+        views = getattr(model, cached)
+        assert len(views) == len(buffers)
+        for v, b in zip(views, buffers):
+            assert v.shape == b.shape and v.data_ptr() == b.data_ptr(), f"{cached} holds a stale view"
     for online, target in pairs:
         on = {k: v.shape for k, v in online.state_dict().items()}
         assert on == {k: v.shape for k, v in target.state_dict().items()}
@@ -213,3 +236,25 @@ def test_masked_equals_pruned(name: str, tmp_path) -> None:
         assert a[key].shape == b[key].shape, key
         assert (a[key] - b[key]).abs().max().item() <= TOL, f"{key}: {(a[key] - b[key]).abs().max().item()}"
     assert_sb3_consistent(pruned)
+
+
+def test_cnn_policy_with_separate_extractors_masked_equals_pruned(tmp_path) -> None:
+    """NatureCNN extractors, one per head (share_features_extractor=False): convs, flatten, linear."""
+    image = gym.spaces.Box(0, 255, (40, 40, 3), np.uint8)
+    kwargs = dict(net_arch=[16], share_features_extractor=False, features_extractor_kwargs=dict(features_dim=32))
+    model = PPO("CnnPolicy", SpaceEnv(image, gym.spaces.Discrete(3)), n_steps=32, batch_size=32, n_epochs=1, policy_kwargs=kwargs, seed=0, device="cpu")
+    model = wrap(model, criterion="magnitude", coupling="prune", physical=False, **SCHEDULE)
+    model.learn(128)
+    pruner = get_pruner(model)
+    assert {c for g in pruner.groups for c in g.components} == {"pi_features_extractor", "vf_features_extractor", "policy_net", "value_net"}
+    model.save(tmp_path / "cnn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruned = load(tmp_path / "cnn.zip")
+        get_pruner(pruned).finalize()
+    for extractor in (pruned.policy.pi_features_extractor, pruned.policy.vf_features_extractor):
+        assert [m.out_channels for m in extractor.cnn if isinstance(m, nn.Conv2d)] == [16, 32, 32]
+    obs = th.as_tensor(np.random.default_rng(0).integers(0, 256, (8, 3, 40, 40)), dtype=th.uint8)
+    a, b = heads(model, obs), heads(pruned, obs)
+    for key in a:
+        assert (a[key] - b[key]).abs().max().item() <= TOL, key

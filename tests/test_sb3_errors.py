@@ -1,8 +1,6 @@
 """Bad input gets a clear error that names the problem and the fix."""
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
-
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
 from tdmpc_prune import PruneConfigError, PruneError
 from tdmpc_prune.sb3 import PruningCallback, get_pruner, load, wrap
-from test_sb3 import SCHEDULE, make
+from test_sb3 import SCHEDULE, SpaceEnv, make
 
 th.set_num_threads(1)
 
@@ -28,20 +26,6 @@ class FrozenExtractor(BaseFeaturesExtractor):
     def forward(self, obs: th.Tensor) -> th.Tensor:
         with th.no_grad():
             return self.net(obs)
-
-
-class SpaceEnv(gym.Env):
-    """A trivial env with the given spaces."""
-
-    def __init__(self, observation_space: gym.Space, action_space: gym.Space):
-        self.observation_space, self.action_space = observation_space, action_space
-
-    def reset(self, *, seed: Any = None, options: Any = None) -> Tuple[Any, Dict]:
-        super().reset(seed=seed)
-        return self.observation_space.sample(), {}
-
-    def step(self, action: Any) -> Tuple[Any, float, bool, bool, Dict]:
-        return self.observation_space.sample(), 0.0, False, False, {}
 
 
 BOX = gym.spaces.Box(-1, 1, (3,), np.float32)
