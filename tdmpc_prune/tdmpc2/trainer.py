@@ -155,9 +155,9 @@ class Trainer:
                     bar.set_postfix(sps=f"{self.steps_per_second:.1f}", ret=f"{self.last_episode_reward:.1f}",
                                     eval=f"{self.last_eval_reward:.1f}", refresh=False)
                 if self.step >= self.next_save:
-                    self.save_checkpoint()
                     while self.next_save <= self.step:
                         self.next_save += self.cfg.save_freq
+                    self.save_checkpoint()
             metrics = self.evaluate_and_log()
             self.save_checkpoint()
             return metrics
