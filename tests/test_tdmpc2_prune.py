@@ -1,0 +1,194 @@
+"""`tdmpc_prune.tdmpc2.attach`: automatic registration and exact physical pruning of TD-MPC2 world models."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tdmpc_prune import PruneError
+from tdmpc_prune.tdmpc2 import TDMPC2, WorldModel, make_config
+from tdmpc_prune.tdmpc2.attach import attach, example_inputs
+from official_layout import OfficialLayoutWorldModel, official_cfg
+
+TOL = 1e-6
+
+
+def _our_world_model(model_size: str, **kw) -> WorldModel:
+    return WorldModel(make_config(model_size=model_size, obs_dim=7, action_dim=3, **kw))
+
+
+def _official(**kw) -> OfficialLayoutWorldModel:
+    return OfficialLayoutWorldModel(official_cfg(**kw))
+
+
+BUILDERS = {
+    "ours-cpu": lambda: _our_world_model("cpu"),
+    "ours-cpu-episodic": lambda: _our_world_model("cpu", episodic=True),
+    "ours-5M": lambda: _our_world_model("5"),
+    "official-layout": lambda: _official(),
+    "official-layout-multitask-episodic": lambda: _official(multitask=True, tasks=["a", "b", "c"], episodic=True),
+}
+
+
+def _randomised(kind: str):
+    """The same world model twice, every tensor (zero-initialised heads and the target too) random."""
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        wm = BUILDERS[kind]().eval()
+        g = torch.Generator().manual_seed(1)
+        from tdmpc_prune.layers import named_tensors
+
+        with torch.no_grad():
+            for name, t in sorted(named_tensors(wm).items()):
+                if t.is_floating_point() and "log_std" not in name and not t.is_meta:
+                    t.copy_(torch.randn(t.shape, generator=g) * 0.2)
+        if hasattr(wm, "refresh_views"):
+            wm.refresh_views()
+        models.append(wm)
+    return models
+
+
+def _heads(wm, inputs, latent_keep=None):
+    obs, actions, task = inputs
+    a = actions[0]
+    z = wm.encode(obs, task)
+    out = {
+        "encode": z,
+        "next": wm.next(z, a, task),
+        "reward": wm.reward(z, a, task),
+        "Q": wm.Q(z, a, task, return_type="all"),
+        "Q_detach": wm.Q(z, a, task, return_type="all", detach=True),
+        "Q_target": wm.Q(z, a, task, return_type="all", target=True),
+    }
+    torch.manual_seed(3)
+    out["pi_mean"] = wm.pi(z, task)[1]["mean"]
+    if getattr(wm, "_termination", None) is not None:
+        out["termination"] = wm.termination(z, task)
+    if latent_keep is not None:
+        out["encode"], out["next"] = out["encode"][..., latent_keep], out["next"][..., latent_keep]
+    return out
+
+
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_physical_pruning_equals_masking_on_every_head(kind: str) -> None:
+    masked, pruned = _randomised(kind)
+    pm = attach(masked, criterion="magnitude", sparsity=0.5, coupling="prune", physical=False)
+    pp = attach(pruned, criterion="magnitude", sparsity=0.5, coupling="prune", physical=True)
+    kinds = {g.id: g.kind for g in pp.groups}
+    assert list(kinds.values()).count("coupling") == (2 if "multitask" in kind else 1)
+    assert {c for g in pp.groups for c in g.components} >= {"encoder", "dynamics", "reward", "Q", "policy"}
+    pm.prune_to()
+    pp.prune_to()
+    latent = next(g for g in pp.groups if g.unit == 8)
+    inputs = example_inputs(pruned, batch=5)
+    with torch.no_grad():
+        hm = _heads(masked, (inputs[0], inputs[1], inputs[2]), latent_keep=pp.alive[latent.id])
+        hp = _heads(pruned, inputs)
+    for name in hp:
+        assert hm[name].shape == hp[name].shape, name
+        assert (hm[name] - hp[name]).abs().max().item() <= TOL, (name, (hm[name] - hp[name]).abs().max().item())
+    assert pm.param_count() == pp.param_count() < 0.45 * pp.dense_params
+
+
+def test_official_layout_copies_stay_consistent() -> None:
+    _, wm = _randomised("official-layout")
+    pruner = attach(wm, criterion="random", sparsity=0.5, coupling="prune")
+    pruner.prune_to()
+    for key in wm._Qs.params.keys(include_nested=True, leaves_only=True):
+        online, detached, target = wm._Qs.params.get(key), wm._detach_Qs_params.get(key), wm._target_Qs_params.get(key)
+        assert detached.data_ptr() == online.data_ptr(), key  # still sharing storage
+        assert target.shape == online.shape and target.data_ptr() != online.data_ptr(), key
+    wm._target_Qs_params.lerp_(wm._detach_Qs_params, 0.01)  # the official soft update still works
+    assert wm.cfg.latent_dim == 16 and wm.cfg.mlp_dim == 24 and wm.cfg.enc_dim == 20  # config follows the shapes
+
+
+def _buffer(agent, episodes=2):
+    from tdmpc_prune.tdmpc2 import ReplayBuffer
+
+    cfg = agent.cfg
+    n = 40
+    buf = ReplayBuffer(episodes * n, cfg.obs_dim, cfg.action_dim, cfg.horizon, cfg.batch_size, agent.device)
+    for _ in range(episodes):
+        buf.add(torch.randn(n, cfg.obs_dim), torch.rand(n, cfg.action_dim) * 2 - 1, torch.rand(n), torch.zeros(n))
+    return buf
+
+
+def test_both_optimizers_keep_training_every_kept_weight() -> None:
+    torch.manual_seed(0)
+    agent = TDMPC2(make_config(model_size="cpu", obs_dim=7, action_dim=3, batch_size=16, device="cpu"))
+    buf = _buffer(agent)
+    pruner = attach(agent, total_steps=100, criterion="fisher", sparsity=0.5, coupling="prune", l1=1e-4, l1_period=10)
+    for _ in range(2):
+        agent.update(buf)
+    pruner.prune_to()
+    assert agent.cfg.latent_dim == 32 and agent.cfg.pi_dims == [128, 128] and agent.cfg.q_dims == [128, 128]
+    before = {n: p.detach().clone() for n, p in agent.model.named_parameters()}
+    info = agent.update(buf)
+    assert all(torch.isfinite(v).all() for v in info.values())
+    for opt in (agent.optim, agent.pi_optim):
+        for group in opt.param_groups:
+            for p in group["params"]:
+                st = opt.state[p]
+                assert st["exp_avg"].shape == p.shape and st["exp_avg_sq"].shape == p.shape
+    for n, p in agent.model.named_parameters():
+        changed = (p.detach() != before[n]).float().mean().item()
+        assert changed > 0.5, f"{n}: only {changed:.2f} of its entries trained after pruning"
+    # the target ensemble follows the online one through the soft update
+    agent.model.soft_update_target_Q()
+    online = agent.model._Qs.tensor_dict()
+    for k, t in agent.model._target_Qs.named_tensors():
+        assert t.shape == online[k].shape
+
+
+def test_rebuilt_from_the_written_back_config() -> None:
+    torch.manual_seed(0)
+    agent = TDMPC2(make_config(model_size="cpu", obs_dim=7, action_dim=3, device="cpu"))
+    attach(agent, criterion="magnitude", sparsity=0.25, coupling="prune").prune_to()
+    clone = TDMPC2(make_config(**agent.cfg.to_dict()))
+    clone.model.load_state_dict(agent.model.state_dict())  # pruned widths reload without the pruner
+    obs = torch.randn(7)
+    with torch.no_grad():
+        z1 = agent.model.encode(obs[None], None)
+        z2 = clone.model.encode(obs[None], None)
+    assert torch.equal(z1, z2)
+
+
+def test_errors_name_the_fix() -> None:
+    wm = _our_world_model("cpu", latent_dim=16)
+    with pytest.raises(PruneError, match="cannot go below one simplex"):
+        attach(wm, coupling="prune", coupling_sparsity=0.9, sparsity=0.1).prune_to()
+    with pytest.raises(PruneError, match="whole layer"):
+        attach(_our_world_model("cpu"), sparsity=0.9999).prune_to()
+    with pytest.raises(PruneError, match="TD-MPC2 world-model layout"):
+        attach(torch.nn.Linear(3, 3))
+
+
+def test_update_hook_drives_the_schedule_of_an_agent_we_do_not_own() -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from tdmpc_prune.tdmpc2.update_hook import UpdateHook
+
+    torch.manual_seed(0)
+    agent = TDMPC2(make_config(model_size="cpu", obs_dim=7, action_dim=3, batch_size=8, device="cpu"))
+    buf = _buffer(agent)
+    pruner = attach(agent, total_steps=6, schedule="iterative", start=2, end=4, iterations=2, sparsity=0.5)
+    clock = {"step": 0}
+    import tempfile
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logdir = tempfile.mkdtemp()
+    writer = SummaryWriter(logdir)
+    hook = UpdateHook(agent, pruner, clock=lambda: clock["step"], writer=writer, log_every=100).install()
+    widths = []
+    for step in range(1, 7):
+        clock["step"] = step
+        agent.update(buf)
+        widths.append(agent.model._dynamics[0].out_features)
+    hook.remove()
+    writer.close()
+    assert widths == [256, 192, 192, 128, 128, 128]
+    ea = EventAccumulator(logdir)
+    ea.Reload()
+    assert [e.step for e in ea.Scalars("prune/sparsity")] == [2, 4]
+    assert [round(e.value, 3) for e in ea.Scalars("prune/sparsity")] == [0.25, 0.5]
