@@ -169,6 +169,8 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path):
         (["latent_dim=20"], "latent_dim=20 is not a multiple of the SimNorm group size simnorm_dim=8"),
         (["resume=true"], "resume=true but there is no checkpoint"),
         (["device=tpu"], "choose auto, cpu, cuda"),
+        pytest.param(["device=cuda"], "CUDA is not available; use device=cpu",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")),
     ],
 )
 def test_cli_rejects_bad_input_with_a_clear_message(tmp_path, capsys, args, message):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import functional as Fn
-from .config import TDMPC2Config
+from .config import ConfigError, TDMPC2Config
 from .planner import MPPIPlanner
 from .scale import RunningScale
 from .world_model import WorldModel
@@ -27,7 +27,7 @@ def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name} requested but CUDA is not available; use device=cpu or device=auto")
+        raise ConfigError(f"device={name} requested but CUDA is not available; use device=cpu or device=auto")
     return torch.device(name)
 
 

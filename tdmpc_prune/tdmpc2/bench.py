@@ -5,8 +5,8 @@
 Uses the official defaults (batch 256, horizon 3, 512 samples x 6 iterations) on a synthetic
 replay buffer; reports medians over `--repeats` timed calls (after warm-up calls) of the calling
 thread's CPU time -- robust when other processes share the cores -- and of wall time.
-`--all-q` times the official way of computing min/avg Q (evaluate every member, then pick two)
-to show what evaluating only the two sampled members saves.
+Baselines for the speed work: `--all-q` computes min/avg Q the official way (evaluate every
+member, then pick two); `--native-mish` uses `F.mish` also where no gradient is needed.
 """
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from contextlib import contextmanager
 from typing import Dict, Iterator, List, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 
-from . import world_model
+from . import layers, world_model
 from .agent import TDMPC2
 from .buffer import ReplayBuffer
 from .config import make_config
@@ -37,6 +38,17 @@ def all_members_q() -> Iterator[None]:
         yield
     finally:
         world_model._ensemble_subset = original
+
+
+@contextmanager
+def native_mish() -> Iterator[None]:
+    """Temporarily use `F.mish` everywhere (no cheaper inference forward)."""
+    original = layers.Mish.forward
+    layers.Mish.forward = lambda self, x: F.mish(x)
+    try:
+        yield
+    finally:
+        layers.Mish.forward = original
 
 
 def _time(fn, warmup: int, repeats: int) -> Tuple[List[float], List[float]]:
@@ -87,14 +99,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--all-q", action="store_true", help="baseline: evaluate all critics for min/avg Q")
+    ap.add_argument("--native-mish", action="store_true", help="baseline: F.mish also without autograd")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    baseline = [name for name, on in (("all critics for min/avg Q", args.all_q), ("native Mish", args.native_mish)) if on]
     print(f"torch {torch.__version__}, {args.threads} thread(s), device {args.device}, obs {args.obs_dim}, "
-          f"action {args.action_dim}{', all-Q baseline' if args.all_q else ''}")
+          f"action {args.action_dim}" + (f"; baseline: {', '.join(baseline)}" if baseline else ""))
     print("| preset | params | ms/update (CPU / wall) | ms/plan (CPU / wall) |")
     print("|---|---:|---:|---:|")
     for size in args.sizes:
-        with all_members_q() if args.all_q else _null():
+        with all_members_q() if args.all_q else _null(), native_mish() if args.native_mish else _null():
             r = bench(size, args.obs_dim, args.action_dim, args.repeats, args.warmup, args.device)
         print(f"| {size} | {r['params']:,} | {r['update_cpu']:.0f} / {r['update_wall']:.0f} | "
               f"{r['plan_cpu']:.0f} / {r['plan_wall']:.0f} |", flush=True)
