@@ -18,7 +18,6 @@ import argparse
 import copy
 import json
 import statistics
-import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -26,18 +25,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from tdmpc_prune import PruneConfig
 from tdmpc_prune.tdmpc2 import TDMPC2, make_config
 from tdmpc_prune.tdmpc2.attach import attach
+from tdmpc_prune.tdmpc2.prune_callback import time_act_ms
 
 SPARSITIES = (0.25, 0.5, 0.75)
-
-
-def _plan_seconds(agent, obs: torch.Tensor) -> float:
-    if agent.device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    agent.act(obs, t0=False, eval_mode=False)
-    if agent.device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
 
 
 @torch.no_grad()
@@ -69,12 +59,12 @@ def main() -> None:
         agents[str(s)] = agent
     obs = torch.randn(cfg.obs_dim)
     for agent in agents.values():  # warm-up
-        _plan_seconds(agent, obs)
+        time_act_ms(agent, obs, eval_mode=False)
     times = {k: [] for k in agents}
     for _ in range(args.rounds):
         for k, agent in agents.items():
-            times[k].append(_plan_seconds(agent, obs))
-    ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+            times[k].append(time_act_ms(agent, obs, eval_mode=False))
+    ms = {k: statistics.median(v) for k, v in times.items()}
     params = {k: sum(p.numel() for p in a.model.parameters()) for k, a in agents.items()}
     flops = {k: _plan_flops(a, obs) for k, a in agents.items()}
     print(f"model_size={args.model_size} device={dense.device} threads={args.threads}")

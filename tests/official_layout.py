@@ -8,13 +8,12 @@ storage with `_Qs.params`), `_target_Qs_params` (a clone), `_task_emb` (multitas
 """
 from __future__ import annotations
 
-from copy import deepcopy
 from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
 
-from toy_models import SimNorm, TensorDictEnsemble, mlp
+from toy_models import SimNorm, TensorDictEnsemble, add_official_q_copies, mlp
 
 
 def official_cfg(**kw) -> SimpleNamespace:
@@ -47,15 +46,7 @@ class OfficialLayoutWorldModel(nn.Module):
         self.init()
 
     def init(self) -> None:
-        from tensordict.nn import TensorDictParams
-
-        self._detach_Qs_params = TensorDictParams(self._Qs.params.data, no_convert=True)
-        self._target_Qs_params = TensorDictParams(self._Qs.params.data.clone(), no_convert=True)
-        with self._detach_Qs_params.data.to("meta").to_module(self._Qs.module):
-            self._detach_Qs = deepcopy(self._Qs)
-            self._target_Qs = deepcopy(self._Qs)
-        self._detach_Qs.params = self._detach_Qs_params
-        self._target_Qs.params = self._target_Qs_params
+        add_official_q_copies(self)
 
     def task_emb(self, x, task):
         emb = self._task_emb(task.long())

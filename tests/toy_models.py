@@ -73,6 +73,20 @@ class TensorDictEnsemble(nn.Module):
         return torch.vmap(self._call, (0, None), randomness="different")(self.params, *args)
 
 
+def add_official_q_copies(wm: nn.Module) -> None:
+    """The official layout's Q copies: `_detach_Qs_params` sharing storage with `_Qs.params`, a cloned
+    `_target_Qs_params`, and `_detach_Qs` / `_target_Qs` ensembles running on them."""
+    from tensordict.nn import TensorDictParams
+
+    wm._detach_Qs_params = TensorDictParams(wm._Qs.params.data, no_convert=True)
+    wm._target_Qs_params = TensorDictParams(wm._Qs.params.data.clone(), no_convert=True)
+    with wm._detach_Qs_params.data.to("meta").to_module(wm._Qs.module):
+        wm._detach_Qs = deepcopy(wm._Qs)
+        wm._target_Qs = deepcopy(wm._Qs)
+    wm._detach_Qs.params = wm._detach_Qs_params
+    wm._target_Qs.params = wm._target_Qs_params
+
+
 class LatentWorldModel(nn.Module):
     def __init__(self, obs=5, act=2, latent=32, hidden=48, bins=11, num_q=3, official_ensemble=False):
         super().__init__()
@@ -84,16 +98,8 @@ class LatentWorldModel(nn.Module):
         qs = [mlp(latent + act, [hidden, hidden], bins, dropout=0.01) for _ in range(num_q)]
         self.official = official_ensemble
         if official_ensemble:
-            from tensordict.nn import TensorDictParams
-
             self._Qs = TensorDictEnsemble(qs)
-            self._detach_Qs_params = TensorDictParams(self._Qs.params.data, no_convert=True)
-            self._target_Qs_params = TensorDictParams(self._Qs.params.data.clone(), no_convert=True)
-            with self._detach_Qs_params.data.to("meta").to_module(self._Qs.module):
-                self._detach_Qs = deepcopy(self._Qs)
-                self._target_Qs = deepcopy(self._Qs)
-            self._detach_Qs.params = self._detach_Qs_params
-            self._target_Qs.params = self._target_Qs_params
+            add_official_q_copies(self)
         else:
             self._Qs = StackedEnsemble.from_modules(qs)
             self._detach_Qs = self._Qs.shared_view()

@@ -88,22 +88,23 @@ class PruneCallback:
 
 
 @torch.no_grad()
+def time_act_ms(agent, obs: torch.Tensor, eval_mode: bool = True) -> float:
+    """Wall time of one `agent.act` (MPPI planning) in ms, synchronising CUDA around it."""
+    if agent.device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    agent.act(obs, t0=False, eval_mode=eval_mode)
+    if agent.device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t) * 1e3
+
+
+@torch.no_grad()
 def plan_latency_ms(agent, repeats: int = 5) -> float:
-    """Median wall time of one `agent.act` (MPPI planning) in ms, leaving RNG and warm start untouched."""
-    obs = torch.zeros(agent.model._encoder[agent.cfg.obs].__getitem__(0).in_features, device=agent.device)
-    planner = getattr(agent, "planner", None)
-    saved = planner.prev_mean.clone() if planner is not None else None
-    devices = [agent.device] if agent.device.type == "cuda" else []
-    times = []
-    with torch.random.fork_rng(devices=devices):
-        for _ in range(repeats + 1):
-            if agent.device.type == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            agent.act(obs, t0=False, eval_mode=True)
-            if agent.device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append((time.perf_counter() - t) * 1e3)
-    if saved is not None:
-        planner.prev_mean.copy_(saved)
+    """Median `agent.act` time in ms, leaving the global RNG and the planner's warm start untouched."""
+    obs = torch.zeros(agent.cfg.obs_dim, device=agent.device)
+    saved = agent.planner.prev_mean.clone()
+    with torch.random.fork_rng(devices=[agent.device] if agent.device.type == "cuda" else []):
+        times = [time_act_ms(agent, obs) for _ in range(repeats + 1)]
+    agent.planner.prev_mean.copy_(saved)
     return statistics.median(times[1:])  # the first call warms caches up
