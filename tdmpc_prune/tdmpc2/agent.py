@@ -73,11 +73,14 @@ class TDMPC2:
     def recompile(self) -> None:
         """(Re)create the update and plan callables; with `cfg.compile`, wrap them in `torch.compile`.
 
-        Call after layer shapes change (pruning) so that compiled graphs are rebuilt.
+        Call after layer shapes change (pruning). With `compile=true` this also clears dynamo's caches
+        (process-wide, `torch.compiler.reset()`): otherwise every shape change would add a guarded
+        recompilation until dynamo's cache limit silently falls back to eager.
         """
         self._update_fn = self._update
         self._plan_fn = self.planner.plan
         if self.cfg.compile:
+            torch.compiler.reset()
             mode = "reduce-overhead" if self.device.type == "cuda" else None
             self._update_fn = torch.compile(self._update, mode=mode)
             self._plan_fn = torch.compile(self.planner.plan, mode=mode)
