@@ -378,3 +378,25 @@ def test_two_member_ensemble_min_avg():
     each = Fn.two_hot_inv(m.Q(z, a, return_type="all"), 101, -10, 10)
     torch.testing.assert_close(m.Q(z, a, return_type="min"), each.min(0).values)
     torch.testing.assert_close(m.Q(z, a, return_type="avg"), each.mean(0))
+
+
+def test_replay_windows_stay_inside_one_episode_across_wraparound():
+    buf = ReplayBuffer(40, 2, 1, horizon=3, batch_size=256)
+    for ep in range(7):  # 7 episodes of 11 entries overwrite a ring of 40 several times
+        pos = torch.arange(11, dtype=torch.float32)
+        obs = torch.stack([torch.full((11,), float(ep)), pos], dim=1)
+        buf.add(obs, pos.unsqueeze(1), pos, torch.zeros(11))
+        for _ in range(3):
+            obs_s, act_s, rew_s, term_s, task = buf.sample()
+            assert obs_s.shape == (4, 256, 2) and act_s.shape == (3, 256, 1) and rew_s.shape == (3, 256, 1) and task is None
+            assert (obs_s[:, :, 0] == obs_s[0:1, :, 0]).all()  # one episode per window
+            assert (obs_s[1:, :, 1] - obs_s[:-1, :, 1] == 1).all()  # consecutive steps
+            torch.testing.assert_close(act_s[..., 0], obs_s[1:, :, 1])  # action/reward that led to obs t+1
+            torch.testing.assert_close(rew_s[..., 0], obs_s[1:, :, 1])
+    first = buf.sample()[0][0]  # the ring holds the last 40 of 77 entries: episode 3 from position 4 on
+    assert set(first[:, 0].tolist()) <= {3.0, 4.0, 5.0, 6.0} and 6.0 in first[:, 0]
+    assert (first[first[:, 0] == 3.0, 1] >= 4).all()
+    bigger = ReplayBuffer(100, 2, 1, horizon=3, batch_size=64)
+    bigger.load_state_dict(buf.state_dict())  # a different capacity keeps the entries in time order
+    obs_s = bigger.sample()[0]
+    assert (obs_s[1:, :, 1] - obs_s[:-1, :, 1] == 1).all() and len(bigger) == 40
