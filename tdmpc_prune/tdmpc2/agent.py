@@ -81,9 +81,9 @@ class TDMPC2:
         self._plan_fn = self.planner.plan
         if self.cfg.compile:
             torch.compiler.reset()
-            mode = "reduce-overhead" if self.device.type == "cuda" else None
-            self._update_fn = torch.compile(self._update, mode=mode)
-            self._plan_fn = torch.compile(self.planner.plan, mode=mode)
+            # default mode: CUDA graphs ("reduce-overhead") would need capturable optimisers and static inputs
+            self._update_fn = torch.compile(self._update)
+            self._plan_fn = torch.compile(self.planner.plan)
 
     # ------------------------------------------------------------------------------ acting
     @torch.no_grad()
