@@ -101,8 +101,6 @@ class TDMPC2:
     def update(self, buffer) -> Dict[str, torch.Tensor]:
         """One gradient step on a batch from `buffer.sample()`; statistics as 0-dim tensors."""
         obs, action, reward, terminated, task = buffer.sample()
-        if self.device.type == "cuda":
-            torch.compiler.cudagraph_mark_step_begin()
         return self._update_fn(obs, action, reward, terminated, task)
 
     @torch.no_grad()
