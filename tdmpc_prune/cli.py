@@ -11,7 +11,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "train": ("tdmpc_prune.tdmpc2.train", "train",
-              "train our TD-MPC2 agent on a dm-control task: tdmpc-prune train task=cartpole-balance steps=20000 model_size=cpu"),
+              "train our TD-MPC2 agent on a dm-control task (add --prune [prune.key=value ...] to prune it while it trains):\n             tdmpc-prune train task=cartpole-balance steps=20000 model_size=cpu --prune prune.sparsity=0.5"),
 }
 
 
@@ -40,13 +40,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         print(f"tdmpc-prune: unknown command {name!r}.{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
+    from .errors import PruneError
     from .tdmpc2.config import ConfigError
     from .tdmpc2.envs import UnknownTaskError
     from .tdmpc2.train import ResumeError
 
     try:
         _resolve(name)(rest)
-    except (ConfigError, UnknownTaskError, ResumeError) as e:
+    except (ConfigError, UnknownTaskError, ResumeError, PruneError) as e:
         print(f"tdmpc-prune {name}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -346,6 +346,7 @@ class Pruner:
         removals = {gid: ch for gid, ch in removals.items() if ch.numel()}
         for gid, ch in removals.items():
             self.alive[gid][ch] = False
+        self._register_implicit_mirrors()  # views the model re-created since (e.g. after .to() or a load)
         if physical:
             pending = {gid: ch.clone() for gid, ch in self.surgeon.masked.items() if ch.numel()}
             for gid, ch in removals.items():

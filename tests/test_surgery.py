@@ -133,3 +133,14 @@ def test_deepcopy_of_a_pruned_model_still_runs() -> None:
     with torch.no_grad():
         for a, b in zip(rollout(model.eval(), inputs), rollout(clone.eval(), inputs)):
             assert torch.allclose(a, b)
+
+
+def test_views_recreated_by_the_model_are_followed() -> None:
+    model, opt, pi_opt, inputs, pruner = _setup(False)
+    pruner.prune_to(0.25)
+    model._detach_Qs = model._Qs.shared_view()  # what a world model does after .to() or load_state_dict
+    pruner.prune_to(0.5)
+    online = model._Qs.tensor_dict()
+    for k, t in model._detach_Qs.named_tensors():
+        assert t.data_ptr() == online[k].data_ptr()
+    _train_step(model, opt, pi_opt, inputs)

@@ -14,6 +14,7 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 
 from ..config import PruneConfig
+from ..errors import PruneError
 from ..pruner import Pruner
 from ..tensorboard import ImportanceHeatmap, WriterSink, log_pruner, prune_hparams
 from .attach import attach
@@ -24,8 +25,9 @@ class PruneCallback:
 
     name = "prune"
 
-    def __init__(self, config: PruneConfig, latency_repeats: int = 5):
+    def __init__(self, config: PruneConfig, explicit: bool = True, latency_repeats: int = 5):
         self.config = config
+        self.explicit = explicit  # options given by the user (on resume they must match the checkpoint's)
         self.latency_repeats = latency_repeats
         self.pruner: Optional[Pruner] = None
         self.heatmap = ImportanceHeatmap()
@@ -43,6 +45,14 @@ class PruneCallback:
 
     def on_resume(self, trainer, state: Mapping[str, Any]) -> None:
         """Before the agent's weights are loaded: rebuild the pruner and replay its history (layers shrink)."""
+        saved = PruneConfig.from_dict(state["pruner"]["config"])
+        if self.explicit and saved.to_dict() != self.config.to_dict():
+            diff = sorted(k for k, v in saved.to_dict().items() if self.config.to_dict()[k] != v)
+            raise PruneError(
+                f"resume with different prune options ({', '.join(f'{k}={saved.to_dict()[k]!r}' for k in diff)} in the checkpoint); "
+                "drop the prune.* overrides to continue with the checkpoint's"
+            )
+        self.config = saved
         self.original_cfg = dict(state["original_cfg"])
         self._build(trainer)
         self.pruner.load_state_dict(state["pruner"])

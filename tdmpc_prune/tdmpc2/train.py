@@ -61,7 +61,9 @@ def resume_config(cfg: TDMPC2Config, given: Sequence[str], directory: str) -> Tu
             "(or check task, exp_name, seed and logdir)"
         )
     state = torch.load(path, map_location="cpu", weights_only=False)
-    saved = dict(state["cfg"])
+    pruned = state.get("callbacks", {}).get("prune")
+    # a pruning run is rebuilt from its original (unpruned) config; the pruner then replays its history
+    saved = dict(pruned["original_cfg"] if pruned is not None else state["cfg"])
     given = list(dict.fromkeys(given))
     changed = [k for k in given if k not in RESUMABLE_KEYS and getattr(cfg, k) != saved.get(k)]
     if changed:
@@ -79,15 +81,18 @@ def resume_config(cfg: TDMPC2Config, given: Sequence[str], directory: str) -> Tu
 def train(tokens: Sequence[str], callbacks: Sequence[Any] = ()) -> Trainer:
     """Parse `tokens`, build (or resume) the run and train it; returns the finished trainer.
 
-    `prune.*` tokens and `--prune` are parsed out and ignored here (the pruning integration consumes them).
+    `--prune` adds a `PruneCallback` configured by the `prune.*` tokens (see `prune_callback.py`).
     """
     parsed = parse_overrides(tokens)
     cfg = parsed.cfg
+    callbacks = list(callbacks) + _prune_callbacks(parsed)
     given = _given_keys(tokens)
     directory = run_dir(cfg)
     state = None
     if cfg.resume:
         cfg, state = resume_config(cfg, given, directory)
+        if "prune" in state.get("callbacks", {}) and not parsed.prune_flag:
+            raise ResumeError("this run was pruning during training: resume it with --prune (its prune options come from the checkpoint)")
     trainer = build(cfg, callbacks, directory)
     if state is not None:
         trainer.load_state_dict(state)
@@ -95,6 +100,18 @@ def train(tokens: Sequence[str], callbacks: Sequence[Any] = ()) -> Trainer:
           f"logging to {directory}" + (f" (resumed at step {trainer.step:,})" if state is not None else ""))
     trainer.train()
     return trainer
+
+
+def _prune_callbacks(parsed) -> List[Any]:
+    """`--prune [prune.key=value ...]` -> the PruneCallback; prune options without the flag are an error."""
+    if not parsed.prune_flag:
+        if parsed.prune_overrides:
+            raise ConfigError(f"{parsed.prune_overrides[0]!r} is a pruning option: add --prune to prune during training")
+        return []
+    from ..config import PruneConfig
+    from .prune_callback import PruneCallback
+
+    return [PruneCallback(PruneConfig.from_overrides(parsed.prune_overrides), explicit=bool(parsed.prune_overrides))]
 
 
 def _given_keys(tokens: Sequence[str]) -> List[str]:

@@ -264,6 +264,8 @@ class Trainer:
 
         hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in self.cfg.to_dict().items()}
         hp["total_params"] = self.agent.model.total_params
+        for cb in self.callbacks:  # e.g. the prune options
+            hp.update(getattr(cb, "hparams", dict)())
         exp, ssi, sei = hparams(hp, {"eval/episode_reward": float("nan")})
         for summary in (exp, ssi, sei):
             self.writer.file_writer.add_summary(summary)
@@ -305,7 +307,15 @@ class Trainer:
         return path
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore everything saved by `state_dict`, callbacks included, so training can go on."""
+        """Restore everything saved by `state_dict`, callbacks included, so training can go on.
+
+        Callbacks with `on_resume(trainer, state)` run first: they may reshape the agent (a pruner
+        replaying its history) before the agent's weights and optimizer states are loaded.
+        """
+        saved = state.get("callbacks", {})
+        for key, cb in zip(self._callback_keys(), self.callbacks):
+            if key in saved and hasattr(cb, "on_resume"):
+                cb.on_resume(self, saved[key])
         self.agent.load_state_dict(state["agent"])
         self.buffer.load_state_dict(state["buffer"])
         self.env.set_state(state["env"])
@@ -317,7 +327,6 @@ class Trainer:
         self.last_episode_reward, self.last_eval_reward = c["last_episode_reward"], c["last_eval_reward"]
         self._elapsed = c["elapsed"]
         self._start, self._step_at_start = time.time(), self.step
-        saved = state.get("callbacks", {})
         for key, cb in zip(self._callback_keys(), self.callbacks):
             if key in saved and hasattr(cb, "load_state_dict"):
                 cb.load_state_dict(saved[key])
