@@ -171,15 +171,16 @@ def plot(rows: Sequence[Dict[str, Any]], path: Path) -> None:
         dense = cells.get((algo, "dense", 0.0))
         if dense:
             ax.axhline(np.mean(dense), color="black", ls="--", lw=1, label="dense")
-        for crit in ALL_CRITERIA:
+        shown = [c for c in ALL_CRITERIA if any(a == algo and k == c for (a, k, _) in cells)]
+        for i, crit in enumerate(shown):
             pts = sorted((s, v) for (a, c, s), v in cells.items() if a == algo and c == crit)
-            if not pts:
-                continue
-            xs = [100 * s for s, _ in pts]
+            shift = (i - (len(shown) - 1) / 2) * 0.6  # side by side, so equal returns stay visible
+            xs = [100 * s + shift for s, _ in pts]
             ax.errorbar(xs, [np.mean(v) for _, v in pts], yerr=[np.std(v) for _, v in pts], marker="o", capsize=3, label=crit)
+        ax.set_xticks(sorted({100 * s for (a, c, s) in cells if a == algo and c != "dense"}))
         ax.set_title(f"{algo.upper()} {SETUPS[algo]['env']}")
         ax.set_xlabel("sparsity (% of hidden channels removed)")
-        ax.set_ylabel("final evaluation return")
+        ax.set_ylabel("final evaluation return (mean ± std over seeds)")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
