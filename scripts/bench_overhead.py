@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 
 from tdmpc_prune import PruneConfig
 from tdmpc_prune.tdmpc2 import TDMPC2, ReplayBuffer, make_config
 from tdmpc_prune.tdmpc2.attach import attach
+from tdmpc_prune.timing import Timing, time_calls
 
 
 def _filled_buffer(cfg, device, episodes: int = 4) -> ReplayBuffer:
@@ -36,29 +35,21 @@ def _filled_buffer(cfg, device, episodes: int = 4) -> ReplayBuffer:
     return buf
 
 
-def _time_updates(agent, buffer, n: int) -> float:
-    if agent.device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
-        info = agent.update(buffer)
-    float(next(iter(info.values())))  # one host sync at the end
-    if agent.device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t) / n
+def _time_updates(agent, buffer, n: int) -> Timing:
+    return time_calls(lambda: agent.update(buffer), agent.device, n)
 
 
 def _hook_ms(pruner, agent, repeats: int) -> float:
     """Time of the pruner's own work per update (both optimizers' pre-step hooks), timed directly."""
-    hooks = [pruner._pre_hook(i, {id(p) for g in o.param_groups for p in g["params"]}) for i, o in enumerate((agent.optim, agent.pi_optim))]
-    t = time.perf_counter()
-    for _ in range(repeats):
-        for hook, opt in zip(hooks, (agent.optim, agent.pi_optim)):
+    opts = (agent.optim, agent.pi_optim)
+    hooks = [pruner._pre_hook(i, {id(p) for g in o.param_groups for p in g["params"]}) for i, o in enumerate(opts)]
+
+    def run_hooks():
+        for hook, opt in zip(hooks, opts):
             hook(opt, (), {})
-    pruner.stats.commit()
-    if agent.device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t) / repeats * 1e3
+        pruner.stats.commit()
+
+    return time_calls(run_hooks, agent.device, repeats).ms
 
 
 def main() -> None:
@@ -80,24 +71,26 @@ def main() -> None:
     pruner = attach(agent, total_steps=10_000, config=PruneConfig(criterion="bayes", l1=1e-4, l1_period=100, sparsity=0.5))
 
     _time_updates(agent, buffer, 2)  # warm-up (allocator, first-call costs)
-    on, off = [], []
+    on, off = _time_updates(agent, buffer, 0), _time_updates(agent, buffer, 0)  # empty, right clock
     for b in range(args.blocks):
         for state in ((True, False) if b % 2 == 0 else (False, True)):
             if state:
                 pruner.attach([agent.optim, agent.pi_optim], total_steps=10_000)
-                on.append(_time_updates(agent, buffer, args.updates))
+                on.extend(_time_updates(agent, buffer, args.updates))
             else:
                 pruner.detach()
-                off.append(_time_updates(agent, buffer, args.updates))
+                off.extend(_time_updates(agent, buffer, args.updates))
     pruner.detach()
     hook_ms = _hook_ms(pruner, agent, repeats=10)
     param_bytes = sum(p.numel() * p.element_size() for p in agent.model.parameters())
     result = {
-        "overhead_ratio": round(statistics.median(on) / statistics.median(off), 4),
-        "ms_update_on": round(1e3 * statistics.median(on), 2),
-        "ms_update_off": round(1e3 * statistics.median(off), 2),
+        "overhead_ratio": round(on.ms / off.ms, 4),
+        "ms_update_on": round(on.ms, 2),
+        "ms_update_off": round(off.ms, 2),
+        "wall_ratio": round(on.wall_ms / off.wall_ms, 4),
         "hook_ms": round(hook_ms, 3),
-        "hook_ratio": round(1 + hook_ms / (1e3 * statistics.median(off)), 4),
+        "hook_ratio": round(1 + hook_ms / off.ms, 4),
+        "clock": "thread CPU time" if on.use_cpu else "wall time",
         "stats_bytes": pruner.stats.stats_bytes(),
         "param_bytes": param_bytes,
         "stats_fraction": round(pruner.stats.stats_bytes() / param_bytes, 5),

@@ -1,9 +1,11 @@
 """Planning latency, parameters and FLOPs of a TD-MPC2 agent, dense vs physically pruned, in one run.
 
-Builds our agent at the 5M preset (by default) and copies of it pruned physically to 25, 50 and
-75 % of every width (hidden widths of every component and the latent, in whole SimNorm simplices),
+Builds our agent at the 5M preset (by default) and copies of it pruned physically by 25, 50 and
+75 % of every width removed (hidden widths of every component and the latent, in whole SimNorm simplices),
 then times `agent.act` (MPPI planning: 6 iterations, 512 samples, horizon 3) on all of them in
-interleaved rounds so that load on a shared machine hits every variant alike.  FLOPs of one plan
+interleaved rounds so that load on a shared machine hits every variant alike.  With one CPU
+thread the speed-ups come from the calling thread's CPU time (not inflated by other processes on
+the cores; wall time is printed beside it), on CUDA from wall time.  FLOPs of one plan
 come from `torch.utils.flop_counter`.  The last line is JSON:
 
     {"0.25": {"plan_speedup": s, "param_ratio": p, "flop_ratio": f}, "0.5": {...}, "0.75": {...}}
@@ -17,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -25,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tdmpc_prune import PruneConfig
 from tdmpc_prune.tdmpc2 import TDMPC2, make_config
 from tdmpc_prune.tdmpc2.attach import attach
-from tdmpc_prune.tdmpc2.prune_callback import time_act_ms
+from tdmpc_prune.tdmpc2.prune_callback import time_act
 
 SPARSITIES = (0.25, 0.5, 0.75)
 
@@ -58,19 +59,20 @@ def main() -> None:
         pruner.prune_to(s)
         agents[str(s)] = agent
     obs = torch.randn(cfg.obs_dim)
-    for agent in agents.values():  # warm-up
-        time_act_ms(agent, obs, eval_mode=False)
-    times = {k: [] for k in agents}
+    times = {k: time_act(agent, obs, eval_mode=False) for k, agent in agents.items()}  # warm-up, discarded
+    times = {k: time_act(agent, obs, eval_mode=False, repeats=0) for k, agent in agents.items()}
     for _ in range(args.rounds):
         for k, agent in agents.items():
-            times[k].append(time_act_ms(agent, obs, eval_mode=False))
-    ms = {k: statistics.median(v) for k, v in times.items()}
+            times[k].extend(time_act(agent, obs, eval_mode=False))
+    ms = {k: t.ms for k, t in times.items()}
     params = {k: sum(p.numel() for p in a.model.parameters()) for k, a in agents.items()}
     flops = {k: _plan_flops(a, obs) for k, a in agents.items()}
-    print(f"model_size={args.model_size} device={dense.device} threads={args.threads}")
-    print(f"{'variant':>8} {'plan ms':>9} {'params':>11} {'plan GFLOP':>11} {'latent':>7}")
+    clock = "thread CPU time" if times["dense"].use_cpu else "wall time"
+    print(f"model_size={args.model_size} device={dense.device} threads={args.threads}; speed-ups from {clock}")
+    print(f"{'variant':>8} {'plan ms CPU':>12} {'plan ms wall':>13} {'params':>11} {'plan GFLOP':>11} {'latent':>7}")
     for k, a in agents.items():
-        print(f"{k:>8} {ms[k]:9.1f} {params[k]:11,d} {flops[k] / 1e9:11.3f} {a.model._dynamics[-1].out_features:7d}")
+        print(f"{k:>8} {times[k].cpu_ms:12.1f} {times[k].wall_ms:13.1f} {params[k]:11,d} {flops[k] / 1e9:11.3f} "
+              f"{a.model._dynamics[-1].out_features:7d}")
     result = {
         str(s): {
             "plan_speedup": round(ms["dense"] / ms[str(s)], 3),
@@ -80,7 +82,7 @@ def main() -> None:
         }
         for s in SPARSITIES
     }
-    result["dense"] = {"plan_ms": round(ms["dense"], 2), "params": params["dense"], "plan_flops": flops["dense"]}
+    result["dense"] = {"plan_ms": round(ms["dense"], 2), "params": params["dense"], "plan_flops": flops["dense"], "clock": clock}
     print(json.dumps(result))
 
 

@@ -11,14 +11,13 @@ member, then pick two); `--native-mish` uses `F.mish` also where no gradient is 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from ..timing import time_calls
 from . import layers, world_model
 from .agent import TDMPC2
 from .buffer import ReplayBuffer
@@ -51,19 +50,6 @@ def native_mish() -> Iterator[None]:
         layers.Mish.forward = original
 
 
-def _time(fn, warmup: int, repeats: int) -> Tuple[List[float], List[float]]:
-    """(thread CPU ms, wall ms) per call. CPU time is robust to other processes sharing the cores."""
-    for _ in range(warmup):
-        fn()
-    cpu, wall = [], []
-    for _ in range(repeats):
-        t, c = time.perf_counter(), time.thread_time()
-        fn()
-        cpu.append((time.thread_time() - c) * 1e3)
-        wall.append((time.perf_counter() - t) * 1e3)
-    return cpu, wall
-
-
 def bench(size: str, obs_dim: int, action_dim: int, repeats: int, warmup: int, device: str, **overrides) -> Dict[str, float]:
     cfg = make_config(model_size=size, obs_dim=obs_dim, action_dim=action_dim, device=device, **overrides)
     agent = TDMPC2(cfg)
@@ -73,20 +59,10 @@ def bench(size: str, obs_dim: int, action_dim: int, repeats: int, warmup: int, d
         buf.add(torch.randn(501, obs_dim, generator=g), torch.rand(501, action_dim, generator=g) * 2 - 1,
                 torch.rand(501, generator=g), torch.zeros(501))
     obs = torch.randn(obs_dim)
-    sync = torch.cuda.synchronize if agent.device.type == "cuda" else (lambda: None)
-
-    def update():
-        agent.update(buf)
-        sync()
-
-    def plan():
-        agent.act(obs)
-        sync()
-
-    (u, uw), (p, pw) = _time(update, warmup, repeats), _time(plan, warmup, repeats)
-    med = statistics.median
-    return {"params": agent.model.total_params, "update_cpu": med(u), "update_wall": med(uw),
-            "plan_cpu": med(p), "plan_wall": med(pw)}
+    u = time_calls(lambda: agent.update(buf), agent.device, repeats, warmup)
+    p = time_calls(lambda: agent.act(obs), agent.device, repeats, warmup)
+    return {"params": agent.model.total_params, "update_cpu": u.cpu_ms, "update_wall": u.wall_ms,
+            "plan_cpu": p.cpu_ms, "plan_wall": p.wall_ms}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -7,8 +7,6 @@ The schedule clock is the trainer's environment step (the x-axis of every Tensor
 """
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Any, Dict, Mapping, Optional
 
 import torch
@@ -17,6 +15,7 @@ from ..config import PruneConfig
 from ..errors import PruneError
 from ..pruner import Pruner
 from ..tensorboard import ImportanceHeatmap, WriterSink, log_pruner, prune_hparams
+from ..timing import Timing, time_calls
 from .attach import attach
 
 
@@ -98,23 +97,19 @@ class PruneCallback:
 
 
 @torch.no_grad()
-def time_act_ms(agent, obs: torch.Tensor, eval_mode: bool = True) -> float:
-    """Wall time of one `agent.act` (MPPI planning) in ms, synchronising CUDA around it."""
-    if agent.device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    agent.act(obs, t0=False, eval_mode=eval_mode)
-    if agent.device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t) * 1e3
+def time_act(agent, obs: torch.Tensor, eval_mode: bool = True, repeats: int = 1) -> Timing:
+    """Times of `repeats` calls of `agent.act` (MPPI planning), CUDA synchronised around each."""
+    return time_calls(lambda: agent.act(obs, t0=False, eval_mode=eval_mode), agent.device, repeats)
 
 
 @torch.no_grad()
 def plan_latency_ms(agent, repeats: int = 5) -> float:
-    """Median `agent.act` time in ms, leaving the global RNG and the planner's warm start untouched."""
+    """Median `agent.act` time in ms (thread CPU time on one CPU thread, else wall), leaving the
+    global RNG and the planner's warm start untouched."""
     obs = torch.zeros(agent.cfg.obs_dim, device=agent.device)
     saved = agent.planner.prev_mean.clone()
     with torch.random.fork_rng(devices=[agent.device] if agent.device.type == "cuda" else []):
-        times = [time_act_ms(agent, obs) for _ in range(repeats + 1)]
+        time_act(agent, obs)  # the first call warms caches up
+        ms = time_act(agent, obs, repeats=repeats).ms
     agent.planner.prev_mean.copy_(saved)
-    return statistics.median(times[1:])  # the first call warms caches up
+    return ms
