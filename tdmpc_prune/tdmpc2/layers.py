@@ -35,7 +35,11 @@ class SimNorm(nn.Module):
                 f"SimNorm got {shape[-1]} channels, not a multiple of its group size {self.dim}; "
                 "the latent width must be a multiple of simnorm_dim"
             )
-        return F.softmax(x.view(*shape[:-1], -1, self.dim), dim=-1).view(shape)
+        # Same values as softmax over the last axis of the (..., groups, dim) view, but taken along the
+        # groups-major axis of its transpose: the CPU kernel for a last axis of 8 is ~5x slower
+        # (forward and backward), and SimNorm was ~1/6 of a 5M plan.
+        groups = x.view(*shape[:-1], -1, self.dim).transpose(-1, -2)
+        return F.softmax(groups, dim=-2).transpose(-1, -2).reshape(shape)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
