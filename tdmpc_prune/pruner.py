@@ -105,6 +105,7 @@ class Pruner:
         for comp in config.budgets:
             if comp not in known:
                 raise PruneConfigError(f"budget for unknown component {comp!r}; components are: {', '.join(sorted(known))}")
+        self._check_targets(config.sparsity)
         self.surgeon = Surgeon(model, groups)
         self._register_implicit_mirrors()
         self.stats = ChannelStats(groups, config.ema, config.prior_strength, device)
@@ -274,6 +275,8 @@ class Pruner:
         cfg = self.config
         s = cfg.sparsity if sparsity is None else sparsity
         PruneConfig(sparsity=s)  # validates the range with the standard message
+        if sparsity is not None:
+            self._check_targets(s)
         physical = cfg.physical if physical is None else physical
         scores = self.scores()
         select = self._select_global if cfg.scope == "global" else self._select_local
@@ -289,6 +292,21 @@ class Pruner:
     def _unit_channels(self, g: Group, units: torch.Tensor) -> torch.Tensor:
         return (units[:, None] * g.unit + torch.arange(g.unit)).flatten()
 
+    def _units_to_remove(self, g: Group, target: float) -> int:
+        return int(math.floor(g.units * target + 0.5))
+
+    def _check_targets(self, sparsity: float) -> None:
+        """Fail up front, not at a pruning event deep into a run, if a final target removes a whole layer.
+
+        Under `scope=global` only budgeted groups have a fixed target (the others keep >= 1 unit).
+        """
+        for g in self.groups:
+            if self.config.scope == "global" and not any(c in self.config.budgets for c in g.components):
+                continue
+            target = self.group_target(g, sparsity)
+            if target > 0:
+                self._check_whole_layer(g, self._units_to_remove(g, target), target)
+
     def _check_whole_layer(self, g: Group, n_remove: int, target: float) -> None:
         if n_remove >= g.units:
             what = f"{g.units} simplices of {g.unit} (the latent cannot go below one simplex)" if g.unit > 1 else f"{g.units} channels"
@@ -303,7 +321,7 @@ class Pruner:
             target = self.group_target(g, sparsity) * fraction
             if target <= 0:
                 continue
-            n_remove = int(math.floor(g.units * target + 0.5))
+            n_remove = self._units_to_remove(g, target)
             self._check_whole_layer(g, n_remove, target)
             alive = self._alive_units(g)
             need = n_remove - int((~alive).sum())
@@ -323,7 +341,7 @@ class Pruner:
         caps = {}
         for gi, g in enumerate(eligible):
             alive = self._alive_units(g)
-            cap_units = int(math.floor(g.units * self.group_target(g, sparsity) + 0.5)) if any(c in self.config.budgets for c in g.components) else g.units - 1
+            cap_units = self._units_to_remove(g, self.group_target(g, sparsity)) if any(c in self.config.budgets for c in g.components) else g.units - 1
             caps[g.id] = min(cap_units, g.units - 1) - int((~alive).sum())
             s = scores[g.id]
             mean = torch.nanmean(s).clamp_min(1e-30)

@@ -59,17 +59,22 @@ def test_budget_that_would_remove_a_whole_layer() -> None:
     with pytest.raises(PruneConfigError, match="whole layer"):
         PruneConfig(budgets={"dynamics": 1.0})
     model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2))
-    pruner = Pruner(model, example_inputs=(torch.randn(2, 3),), sparsity=0.8)
     with pytest.raises(PruneError, match="would remove all 2 channels.*whole layer"):
-        pruner.prune_to()
+        Pruner(model, example_inputs=(torch.randn(2, 3),), sparsity=0.8)  # up front, not at the first event
+    pruner = Pruner(model, example_inputs=(torch.randn(2, 3),), sparsity=0.2)
+    with pytest.raises(PruneError, match="would remove all 2 channels.*whole layer"):
+        pruner.prune_to(0.8)
     assert model[0].out_features == 2  # nothing was touched
+    # a budget below 1 that still rounds to the whole (narrow) layer of one component
+    wm = LatentWorldModel(hidden=3)
+    with pytest.raises(PruneError, match="would remove all 3 channels of group '_dynamics.*dynamics.*budget"):
+        Pruner(wm, components=COMPONENTS, example_inputs=example_inputs(wm), forward_fn=rollout, sparsity=0.1, budgets={"dynamics": 0.9})
 
 
 def test_latent_below_one_simplex() -> None:
     model = LatentWorldModel(latent=16)
-    pruner = Pruner(model, components=COMPONENTS, example_inputs=example_inputs(model), forward_fn=rollout, coupling="prune", coupling_sparsity=0.8, sparsity=0.1)
     with pytest.raises(PruneError, match="simplices of 8 \\(the latent cannot go below one simplex\\)"):
-        pruner.prune_to()
+        Pruner(model, components=COMPONENTS, example_inputs=example_inputs(model), forward_fn=rollout, coupling="prune", coupling_sparsity=0.8, sparsity=0.1)
 
 
 def test_latent_not_a_multiple_of_the_simplex() -> None:
