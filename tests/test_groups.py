@@ -50,6 +50,13 @@ def test_component_groups_and_protected_outputs() -> None:
     assert any("reaches a model output" in n for n in pruner.notes)
     text = repr(pruner)
     assert "coupling" in text and "8-simplex" in text and "_Qs.1" in text
+    lines = text.splitlines()
+    assert lines[1].split() == ["id", "kind", "components", "width", "params", "importance"]
+    row = next(line.split() for line in lines[3:] if line.startswith("_dynamics.0 "))
+    dyn0 = pruner._by_id["_dynamics.0"]  # every member is a whole tensor indexed by this hidden width
+    assert row[:4] == ["_dynamics.0", "component", "dynamics", "48/48"]
+    assert int(row[4].replace(",", "")) == sum(m.tensor.numel() for m in dyn0.members) == 48 * 34 + 3 * 48 + 48 * 48
+    assert len(lines) == 3 + len(pruner.groups)
 
 
 def test_protected_coupling_is_not_pruned_and_budgets_apply() -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch as th
-from stable_baselines3 import DQN, PPO, SAC
+from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
 from stable_baselines3.common.save_util import load_from_zip_file
 
 from tdmpc_prune.sb3 import PruningCallback, PruningState, get_pruner, load, wrap
@@ -39,6 +39,19 @@ def test_stock_save_and_load_keep_predictions(tmp_path) -> None:
     assert isinstance(state, PruningState) and state.pruner is None
     assert state.saved["history"] == get_pruner(model).history
     assert state.policy_kwargs["net_arch"] == [32, 24]  # the unpruned architecture, for rebuilding
+
+
+@pytest.mark.parametrize("algo,cls", [("a2c", A2C), ("sac", SAC), ("td3", TD3), ("dqn", DQN)])
+def test_stock_save_and_load_for_every_algorithm(tmp_path, algo: str, cls) -> None:
+    model = wrap(make(algo), criterion="bayes", **SCHEDULE)
+    model.learn(STEPS)
+    assert get_pruner(model).sparsity() == pytest.approx(0.5, abs=0.02)
+    model.save(tmp_path / algo)
+    stock = cls.load(tmp_path / f"{algo}.zip", env=model.get_env(), device="cpu")
+    assert type(stock) is cls
+    assert_same_heads(model, stock)  # pruned widths came back from the net_arch written into policy_kwargs
+    stock.learn(64, reset_num_timesteps=False)  # and it keeps training as a plain SB3 model
+    assert_sb3_consistent(stock)
 
 
 @pytest.mark.parametrize("reloader", ["tdmpc_prune.sb3.load", "PPO.load+PruningCallback"])

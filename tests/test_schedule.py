@@ -82,3 +82,36 @@ def test_pressure_off_by_default_and_budget_schedule_through_step() -> None:
         widths.append((model._dynamics[0].out_features, model._Qs.tensor_dict()["0.weight"].shape[1]))
     assert widths == [(48, 48), (36, 42), (36, 42), (24, 36), (24, 36), (24, 36)]
     assert pruner.lasso.lam_max == 0
+
+
+def test_each_pressured_group_gets_its_own_phase_and_l1_zero_leaves_gradients_alone() -> None:
+    from toy_models import COMPONENTS, LatentWorldModel, example_inputs, rollout
+
+    torch.manual_seed(0)
+    T, lam_max = 40, 0.3
+    model = LatentWorldModel()
+    inputs = example_inputs(model)
+    pruner = Pruner(model, components=COMPONENTS, example_inputs=inputs, forward_fn=rollout, l1=lam_max, l1_period=T)
+    pruner.attach(torch.optim.SGD(model.parameters(), lr=0.0), total_steps=100)
+    pressured = pruner.lasso.pressured
+    # coupling groups are protected by default, so they get no pressure; every component group does
+    assert pressured == [g.id for g in pruner.groups if g.kind == "component"] and len(pressured) >= 8
+    n = len(pressured)
+    for t in (0, 7, 23):
+        lams = pruner.lasso.lambdas(t)
+        for i, gid in enumerate(pressured):
+            assert math.isclose(lams[gid], lam_max * (1 - math.cos(2 * math.pi * (t + i * T / n) / T)) / 2)
+        assert len({round(v, 12) for v in lams.values()}) > n // 2  # the groups are out of phase
+    # group i peaks at t = T/2 - i*T/n (mod T): a different step for each group
+    peaks = {gid: max(range(T), key=lambda t: pruner.lasso.lambdas(t)[gid]) for gid in pressured}
+    assert len(set(peaks.values())) == n
+
+    # l1 = 0 (the default): the optimizer steps on exactly the task gradient
+    plain = LatentWorldModel()
+    plain.load_state_dict(model.state_dict())
+    pruned_opt = torch.optim.SGD(plain.parameters(), lr=0.0)
+    Pruner(plain, components=COMPONENTS, example_inputs=inputs, forward_fn=rollout).attach(pruned_opt, total_steps=100)
+    sum(o.pow(2).mean() for o in rollout(plain, inputs)).backward()
+    before = {k: p.grad.clone() for k, p in plain.named_parameters() if p.grad is not None}
+    pruned_opt.step()
+    assert before and all(torch.equal(p.grad, before[k]) for k, p in plain.named_parameters() if k in before)
