@@ -25,8 +25,10 @@ def _near(name: str, options: Sequence[str]) -> str:
 class PruneConfig:
     """Options of the component-aware pruner.
 
-    Step-valued options (`start`, `end`, `l1_period`) accept a float in [0, 1] (a fraction of the
-    run's total optimizer steps) or an int (an absolute optimizer step).
+    Step-valued options (`start`, `end`, `l1_period`) accept a float in [0, 1] or an int (an
+    absolute step of the integration's clock).  A fraction is of the *training span*
+    [first_step, total_steps] given to `Pruner.attach` -- e.g. TD-MPC2's span starts after its seed
+    steps of random actions, when updates begin, so `start=0.2` is 20 % into the updates.
     """
 
     criterion: str = "bayes"  # grad | fisher | bayes | combined | magnitude | taylor | random
@@ -85,15 +87,21 @@ class PruneConfig:
             self.exclude = (self.exclude,)
         return self
 
-    def resolve_step(self, value: Step, total_steps: Optional[int]) -> int:
-        """Turn a fraction of the run into an absolute step (ints are absolute already)."""
+    def resolve_step(self, value: Step, total_steps: Optional[int], first_step: int = 0) -> int:
+        """A position on the clock: a fraction of the span [first_step, total_steps], or an int as given."""
+        if isinstance(value, float):
+            return int(first_step) + self.resolve_length(value, total_steps, first_step)
+        return int(value)
+
+    def resolve_length(self, value: Step, total_steps: Optional[int], first_step: int = 0) -> int:
+        """A number of steps (e.g. `l1_period`): a fraction of the span's length, or an int as given."""
         if isinstance(value, float):
             if total_steps is None:
                 raise PruneConfigError(
                     "a fractional step option (start/end/l1_period) needs the run length: "
                     "pass total_steps= to attach(), or give the option as an int step"
                 )
-            return int(round(value * total_steps))
+            return int(round(value * max(0, int(total_steps) - int(first_step))))
         return int(value)
 
     # ----------------------------------------------------------------------------- (de)serialise

@@ -116,6 +116,7 @@ class Pruner:
         self.history: List[Dict[str, Any]] = []
         self.clock = 0
         self.total_steps: Optional[int] = None
+        self.first_step = 0
         self.schedule: Optional[Schedule] = None
         self.lasso: Optional[GroupLasso] = None
         self.optimizers: List[torch.optim.Optimizer] = []
@@ -127,12 +128,16 @@ class Pruner:
 
     # ============================================================================ wiring
     def attach(
-        self, optimizers: Union[torch.optim.Optimizer, Sequence[torch.optim.Optimizer]], total_steps: Optional[int] = None
+        self,
+        optimizers: Union[torch.optim.Optimizer, Sequence[torch.optim.Optimizer]],
+        total_steps: Optional[int] = None,
+        first_step: int = 0,
     ) -> "Pruner":
         """Collect statistics and apply the L1 pressure at every step of `optimizers`.
 
         `total_steps` is the run length in the units of the clock passed to `step()`; fractional
-        `start`/`end`/`l1_period` options are relative to it.
+        `start`/`end`/`l1_period` options are fractions of the training span [first_step, total_steps]
+        (`first_step`: when training updates begin, e.g. after a warm-up of random actions).
         """
         self.detach()
         opts = [optimizers] if isinstance(optimizers, torch.optim.Optimizer) else list(optimizers)
@@ -140,13 +145,14 @@ class Pruner:
             raise PruneError("attach() needs at least one optimizer")
         cfg = self.config
         self.total_steps = total_steps
+        self.first_step = int(first_step)
         done = self.schedule.done if self.schedule is not None else 0
         self.schedule = None  # built on the first step(): prune_to() alone needs no run length
         if total_steps is not None or not _fractional(cfg):
-            self.schedule = Schedule.from_config(cfg, total_steps)
+            self.schedule = Schedule.from_config(cfg, total_steps, self.first_step)
             self.schedule.done = done
         pressured = [g.id for g in self.groups if self.group_target(g, cfg.sparsity) > 0]
-        period = cfg.resolve_step(cfg.l1_period, total_steps) if cfg.l1 > 0 else 1
+        period = cfg.resolve_length(cfg.l1_period, total_steps, self.first_step) if cfg.l1 > 0 else 1
         self.lasso = GroupLasso(self.stats, cfg.l1, max(1, period), pressured)
         self.optimizers = opts
         self.surgeon.optimizers = opts
@@ -231,7 +237,7 @@ class Pruner:
         """Advance the clock (to `clock`, or by one) and fire a due pruning event; returns its report."""
         self.clock = int(clock) if clock is not None else self.clock + 1
         if self.schedule is None:
-            self.schedule = Schedule.from_config(self.config, self.total_steps)
+            self.schedule = Schedule.from_config(self.config, self.total_steps, self.first_step)
         frac = self.schedule.due(self.clock)
         if frac is None:
             return None
@@ -471,6 +477,7 @@ class Pruner:
             "groups": {g.id: {"channels": g.channels, "unit": g.unit, "kind": g.kind} for g in self.groups},
             "clock": self.clock,
             "total_steps": self.total_steps,
+            "first_step": self.first_step,
             "events_done": self.schedule.done if self.schedule is not None else 0,
             "history": [dict(h) for h in self.history],
             "stats": self.stats.state_dict(),
@@ -500,9 +507,10 @@ class Pruner:
         self.stats.load_state_dict(state["stats"])
         self.clock = int(state["clock"])
         self.total_steps = state.get("total_steps", self.total_steps)
-        self.schedule = Schedule.from_config(self.config, self.total_steps)
+        self.first_step = int(state.get("first_step", self.first_step))
+        self.schedule = Schedule.from_config(self.config, self.total_steps, self.first_step)
         self.schedule.done = int(state["events_done"])
         self.dense_params = int(state["dense_params"])
         self._dense_flops = state.get("dense_flops")
         if self.optimizers:
-            self.attach(self.optimizers, self.total_steps)
+            self.attach(self.optimizers, self.total_steps, self.first_step)

@@ -26,11 +26,12 @@ class Schedule:
     done: int = 0  # events already fired
 
     @classmethod
-    def from_config(cls, cfg: PruneConfig, total_steps: Optional[int]) -> "Schedule":
-        start = cfg.resolve_step(cfg.start, total_steps)
+    def from_config(cls, cfg: PruneConfig, total_steps: Optional[int], first_step: int = 0) -> "Schedule":
+        """Events of `cfg`; fractional `start`/`end` are of the span [first_step, total_steps]."""
+        start = cfg.resolve_step(cfg.start, total_steps, first_step)
         if cfg.schedule == "oneshot":
             return cls([(start, 1.0)])
-        end = cfg.resolve_step(cfg.end, total_steps)
+        end = cfg.resolve_step(cfg.end, total_steps, first_step)
         if end < start:
             raise PruneConfigError(f"end ({end}) comes before start ({start}); give end >= start")
         k = cfg.iterations

@@ -82,8 +82,9 @@ def example_inputs(wm: nn.Module, batch: int = 4, horizon: int = 2) -> Tuple[tor
     lin = _first_linear(encoder)
     device = lin.weight.device
     task_dim = int(wm._task_emb.embedding_dim) if _multitask(wm) else 0
-    obs = torch.randn(batch, lin.in_features - task_dim, device=device)
-    actions = torch.rand(horizon, batch, int(cfg.action_dim), device=device) * 2 - 1
+    g = torch.Generator().manual_seed(0)  # the global RNG stays untouched: attaching must not shift a run's randomness
+    obs = torch.randn(batch, lin.in_features - task_dim, generator=g).to(device)
+    actions = (torch.rand(horizon, batch, int(cfg.action_dim), generator=g) * 2 - 1).to(device)
     task = torch.zeros(batch, dtype=torch.long, device=device) if _multitask(wm) else None
     return obs, actions, task
 
@@ -171,12 +172,14 @@ def attach(
     optimizers: Optional[Sequence[torch.optim.Optimizer]] = None,
     total_steps: Optional[int] = None,
     config: Optional[PruneConfig] = None,
+    first_step: int = 0,
     **options: Any,
 ) -> Pruner:
     """Build the `Pruner` for a TD-MPC2 agent (or world model) and wire it to the agent's optimizers.
 
     `optimizers` default to `agent.optim` and `agent.pi_optim`; `total_steps` is the length of the
-    run in the units of the clock you pass to `pruner.step()`. Call after moving the model to its
+    run in the units of the clock you pass to `pruner.step()`, `first_step` the step where updates
+    begin (after the seed steps): fractional `start`/`end` are fractions of [first_step, total_steps]. Call after moving the model to its
     device (the official `WorldModel.to()` recreates its Q copies).
     """
     wm = world_model_of(agent_or_model)
@@ -185,6 +188,6 @@ def attach(
     if optimizers is None:
         optimizers = [o for o in (getattr(agent_or_model, "optim", None), getattr(agent_or_model, "pi_optim", None)) if o is not None]
     if optimizers:
-        pruner.attach(list(optimizers), total_steps=total_steps)
+        pruner.attach(list(optimizers), total_steps=total_steps, first_step=first_step)
     pruner.on_structure_change(lambda _: (sync_config(agent_or_model, wm), recompile(agent_or_model)))
     return pruner
