@@ -191,3 +191,24 @@ def test_resume_refuses_architecture_changes(tmp_path, capsys):
     assert code == 2 and "cannot change mlp_dim when resuming" in err
     resumed = train(tokens(tmp_path, "arch", 150, 100, 50, "resume=true"))  # more steps is fine
     assert resumed.step == 150
+
+
+def test_a_fresh_run_never_overwrites_an_existing_one(tmp_path, capsys):
+    first = train(tokens(tmp_path, "keep", 50, 50, 50))
+    ckpt = os.path.join(first.directory, "checkpoint.pt")
+    with open(ckpt, "rb") as f:
+        saved = f.read()
+    assert main(["train", *tokens(tmp_path, "keep", 100, 50, 50)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "resume=true" in err and "exp_name=" in err
+    with open(ckpt, "rb") as f:
+        assert f.read() == saved  # the first run's data is untouched
+
+
+def test_a_pruned_run_lands_beside_the_dense_one_by_default(tmp_path):
+    run = TINY + [f"logdir={tmp_path}", "steps=100", "eval_freq=100", "save_freq=100"]
+    dense = train(run)
+    pruned = train(run + ["--prune", "prune.schedule=oneshot", "prune.start=60", "prune.sparsity=0.25"])
+    assert os.path.dirname(dense.directory) == os.path.join(str(tmp_path), "cartpole-balance", "default")
+    assert os.path.dirname(pruned.directory) == os.path.join(str(tmp_path), "cartpole-balance", "pruned")
+    assert pruned.agent.model.total_params < dense.agent.model.total_params

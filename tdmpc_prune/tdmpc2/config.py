@@ -53,7 +53,7 @@ class TDMPC2Config:
     save_freq: int = 10_000  # checkpoint at the first episode end after every save_freq env steps
     log_freq: int = 100  # updates between train/* loss scalars (averaged over the interval)
     logdir: str = "runs"
-    exp_name: str = "default"
+    exp_name: str = "default"  # run name; with --prune and no exp_name given: "pruned"
     resume: bool = False
     progress: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -87,12 +87,19 @@ def train(tokens: Sequence[str], callbacks: Sequence[Any] = ()) -> Trainer:
     cfg = parsed.cfg
     callbacks = list(callbacks) + _prune_callbacks(parsed)
     given = _given_keys(tokens)
+    if parsed.prune_flag and "exp_name" not in given:  # a pruned run lands beside the dense `default` one
+        cfg = replace(cfg, exp_name="pruned")
     directory = run_dir(cfg)
     state = None
     if cfg.resume:
         cfg, state = resume_config(cfg, given, directory)
         if "prune" in state.get("callbacks", {}) and not parsed.prune_flag:
             raise ResumeError("this run was pruning during training: resume it with --prune (its prune options come from the checkpoint)")
+    elif os.path.exists(os.path.join(directory, CHECKPOINT)):
+        raise ResumeError(
+            f"{directory} already holds a run ({CHECKPOINT}); continue it with resume=true, or start a new run "
+            "beside it with another exp_name= (or seed=, logdir=)"
+        )
     trainer = build(cfg, callbacks, directory)
     if state is not None:
         trainer.load_state_dict(state)
