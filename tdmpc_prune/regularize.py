@@ -35,6 +35,15 @@ class GroupLasso:
         self.period = float(period)
         self.pressured = list(pressured)
         self.eps = eps
+        # per statistics slot: its group's phase offset and whether the group is pressured, kept on the
+        # device so a step builds lambda there (no host-to-device copy on the training hot path)
+        phase, on = torch.zeros(stats.size), torch.zeros(stats.size)
+        channels = {g.id: g.channels for g in stats.groups}
+        for i, gid in enumerate(self.pressured):
+            sl = slice(stats.offsets[gid], stats.offsets[gid] + channels[gid])
+            phase[sl] = i * self.period / max(1, len(self.pressured))
+            on[sl] = 1.0
+        self._phase, self._on = phase.to(stats.device), on.to(stats.device)
 
     def lambdas(self, t: float) -> dict:
         n = len(self.pressured)
@@ -45,12 +54,9 @@ class GroupLasso:
         if self.lam_max <= 0 or not self.pressured:
             return
         stats = self.stats
-        lam = torch.zeros(stats.size)
-        for gid, value in self.lambdas(t).items():
-            g = next(g for g in stats.groups if g.id == gid)
-            off = stats.offsets[gid]
-            lam[off : off + g.channels] = value
-        lam = lam.to(stats.device) * stats.alive
+        # cosine_lambda for every slot at once
+        lam = self.lam_max * (1.0 - torch.cos((2.0 * math.pi / self.period) * (self._phase + float(t)))) / 2.0
+        lam = lam * self._on * stats.alive
         norm = stats.weight_norm()
         coef = lam / (norm + self.eps)
         for plan in stats.plan:
