@@ -82,7 +82,7 @@ def main() -> None:
         }
         for s in SPARSITIES
     }
-    result["dense"] = {"plan_ms": round(ms["dense"], 2), "params": params["dense"], "plan_flops": flops["dense"], "clock": clock}
+    print("dense: " + json.dumps({"plan_ms": round(ms["dense"], 2), "params": params["dense"], "plan_flops": flops["dense"], "clock": clock}))
     print(json.dumps(result))
 
 

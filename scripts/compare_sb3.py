@@ -7,7 +7,8 @@ finished run appends one row to `<out>/compare_sb3.csv` (columns algo,env,criter
 eval_return), so an interrupted grid resumes where it stopped; the markdown table and the PNG plot
 (final evaluation return vs sparsity, one line per criterion) are rebuilt from the CSV.
 
-    python scripts/compare_sb3.py                       # the grid recorded in docs/sb3.md
+    python scripts/compare_sb3.py                       # the full grid: every criterion x 50/75/90 % x 3 seeds
+    python scripts/compare_sb3.py --plan recorded       # the reduced grid (see plan())
     python scripts/compare_sb3.py --jobs 2 --algos ppo  # two processes, PPO only
     python scripts/compare_sb3.py --report-only         # table + plot from the CSV
 """
@@ -204,7 +205,7 @@ def plan(
 ) -> List[Run]:
     """The runs, most informative first (dense, then 75 %).
 
-    full: every criterion at every sparsity.  recorded (what docs/sb3.md reports, sized for ~1.5 h
+    full (the default): every criterion at every sparsity.  recorded (a reduced grid sized for ~1.5 h
     on two shared cores): PPO every criterion at 75 % and bayes/magnitude/random at 50 and 90 %;
     SAC bayes/magnitude/random at every sparsity.
     """
@@ -222,11 +223,11 @@ def plan(
 def main(argv: Optional[Sequence[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--algos", nargs="+", default=["ppo", "sac"], choices=sorted(SETUPS))
-    p.add_argument("--plan", choices=["recorded", "full"], default="recorded", help="which (criterion, sparsity) cells to run, see plan()")
+    p.add_argument("--plan", choices=["recorded", "full"], default="full", help="which (criterion, sparsity) cells to run, see plan()")
     p.add_argument("--criteria", nargs="+", default=ALL_CRITERIA, choices=ALL_CRITERIA)
     p.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.75, 0.9])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--sac-seeds", nargs="+", type=int, default=[0], help="seeds of the SAC runs (they are ~5x slower)")
+    p.add_argument("--sac-seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of the SAC runs (they are ~5x slower)")
     p.add_argument("--timesteps", type=int, default=None, help="override the rl-zoo3 run length (for smoke tests)")
     p.add_argument("--eval-episodes", type=int, default=10)
     p.add_argument("--jobs", type=int, default=1, help="parallel processes, one thread each")
