@@ -304,36 +304,48 @@ def masked_norm_hook(keep: torch.Tensor) -> Callable:
 # ----------------------------------------------------------------------------------- shape sync
 def sync_shape_attributes(root: nn.Module) -> None:
     """Make the size attributes of standard layers agree with their (possibly shrunken) tensors."""
+    ensembles = [m for m in root.modules() if is_ensemble(m)]
+    in_template = {id(t) for e in ensembles for t in ensemble_template(e).modules()}  # sized from the stacked tensors
+    for e in ensembles:
+        sync_ensemble_template(e)
     for m in root.modules():
-        if is_ensemble(m):
-            sync_ensemble_template(m)
-        _sync_one(m)
+        if id(m) not in in_template:
+            _sync_one(m)
 
 
-def _sync_one(m: nn.Module) -> None:
+def _sync_one(m: nn.Module, shape: Optional[Tuple[int, ...]] = None) -> None:
+    """Size attributes of `m` from its weight's shape (or from `shape`, a per-member weight shape)."""
     w = getattr(m, "weight", None)
     if not isinstance(w, torch.Tensor):
         return
+    s = tuple(int(d) for d in (w.shape if shape is None else shape))
     if isinstance(m, nn.Linear):
-        m.out_features, m.in_features = int(w.shape[0]), int(w.shape[1])
+        m.out_features, m.in_features = s[0], s[1]
     elif isinstance(m, nn.LayerNorm):
-        m.normalized_shape = tuple(int(s) for s in w.shape)
+        m.normalized_shape = s
     elif isinstance(m, nn.Embedding):
-        m.num_embeddings, m.embedding_dim = int(w.shape[0]), int(w.shape[1])
+        m.num_embeddings, m.embedding_dim = s[0], s[1]
     elif isinstance(m, nn.modules.conv._ConvNd):
-        m.out_channels, m.in_channels = int(w.shape[0]), int(w.shape[1]) * m.groups
+        m.out_channels, m.in_channels = s[0], s[1] * m.groups
     elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-        m.num_features = int(w.shape[0])
+        m.num_features = s[0]
 
 
 def sync_ensemble_template(ens: nn.Module) -> None:
-    """Resize the (meta) template of an ensemble to its stacked tensors, then sync its attributes."""
+    """Resize the (meta) template of an ensemble to its stacked tensors, then sync its attributes.
+
+    A placeholder keeps the layout it was built with: per-member shape, or with the leading member
+    dim (the official tdmpc2 `init()` gives its detached/target copies' templates the stacked shape),
+    so a pruned model's `state_dict` loads strictly into one rebuilt from the new widths.
+    """
     template = ensemble_template(ens)
-    for name, t in ensemble_tensors(ens).items():
+    stacked = ensemble_tensors(ens)
+    for name, t in stacked.items():
         owner_name, _, attr = name.rpartition(".")
         owner = template.get_submodule(owner_name) if owner_name else template
-        shape = tuple(t.shape[1:])
         current = getattr(owner, attr, None)
+        keeps_member_dim = isinstance(current, torch.Tensor) and current.dim() == t.dim()
+        shape = tuple(t.shape) if keeps_member_dim else tuple(t.shape[1:])
         if isinstance(current, torch.Tensor) and tuple(current.shape) == shape:
             continue
         meta = torch.empty(shape, device="meta", dtype=t.dtype)
@@ -343,5 +355,6 @@ def sync_ensemble_template(ens: nn.Module) -> None:
             owner._buffers[attr] = meta
         else:
             setattr(owner, attr, meta)
-    for m in template.modules():
-        _sync_one(m)
+    for mod_name, m in template.named_modules():
+        w = stacked.get(f"{mod_name}.weight" if mod_name else "weight")
+        _sync_one(m, tuple(w.shape[1:]) if w is not None else None)

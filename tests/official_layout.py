@@ -4,10 +4,24 @@ Attributes `_encoder` (ModuleDict 'state'), `_dynamics`, `_reward`, `_terminatio
 `_pi`, `_Qs` (tensordict `from_modules` run under `torch.vmap`), `_detach_Qs_params` (shares
 storage with `_Qs.params`), `_target_Qs_params` (a clone), `_task_emb` (multitask); methods
 `encode(obs, task)`, `next(z, a, task)`, `reward(z, a, task)`, `termination(z, task)`,
-`pi(z, task) -> (action, info)`, `Q(z, a, task, return_type, target, detach)`.
+`pi(z, task) -> (action, info)`, `Q(z, a, task, return_type, target, detach)` (min/avg of two
+members drawn with `torch.randperm`, decoded by the official two-hot inverse), `soft_update_target_Q()`
+(`_target_Qs_params.lerp_(_detach_Qs_params, tau)`), `to()` re-running `init()`, `train()` keeping
+the target in eval mode.
+
+Two ways of installing the Q copies:
+
+* `OfficialLayoutWorldModel` (`toy_models.add_official_q_copies`): `_detach_Qs.params` and
+  `_target_Qs.params` are assigned as ordinary attributes, so they are registered submodules of the
+  copies (their tensors appear a second time in `state_dict()` under `_detach_Qs.params.*`).
+* `OfficialInitWorldModel` (`install_official_q_copies`): the current official `WorldModel.init()`,
+  which `delattr`s the copies' `params` and puts the TensorDictParams into their `__dict__`, so the
+  copies' params are plain (unregistered) attributes that only `_detach_Qs_params` /
+  `_target_Qs_params` register.
 """
 from __future__ import annotations
 
+from copy import deepcopy
 from types import SimpleNamespace
 
 import torch
@@ -19,7 +33,7 @@ from toy_models import SimNorm, TensorDictEnsemble, add_official_q_copies, mlp
 def official_cfg(**kw) -> SimpleNamespace:
     base = dict(obs="state", obs_dim=7, action_dim=3, latent_dim=32, enc_dim=40, mlp_dim=48, num_enc_layers=2,
                 num_bins=21, num_q=4, dropout=0.01, simnorm_dim=8, multitask=False, tasks=["a"], task_dim=0,
-                episodic=False, log_std_min=-10.0, log_std_max=2.0, tau=0.01, compile=False)
+                episodic=False, log_std_min=-10.0, log_std_max=2.0, tau=0.01, compile=False, vmin=-10.0, vmax=10.0)
     base.update(kw)
     if base["multitask"]:
         base["task_dim"] = base["task_dim"] or 16
@@ -47,6 +61,20 @@ class OfficialLayoutWorldModel(nn.Module):
 
     def init(self) -> None:
         add_official_q_copies(self)
+
+    def to(self, *args, **kwargs):  # official: moving re-creates the Q copies (the target from the online Qs)
+        super().to(*args, **kwargs)
+        self.init()
+        return self
+
+    def train(self, mode: bool = True):  # official: the target Qs stay in eval mode
+        super().train(mode)
+        self._target_Qs.train(False)
+        return self
+
+    @torch.no_grad()
+    def soft_update_target_Q(self) -> None:
+        self._target_Qs_params.lerp_(self._detach_Qs_params, self.cfg.tau)
 
     def task_emb(self, x, task):
         emb = self._task_emb(task.long())
@@ -82,5 +110,42 @@ class OfficialLayoutWorldModel(nn.Module):
         out = net(x)
         if return_type == "all":
             return out
-        q = out[:2].softmax(-1) @ torch.linspace(-10, 10, out.shape[-1], device=out.device)
-        return q.min(0).values if return_type == "min" else q.mean(0)
+        qidx = torch.randperm(self.cfg.num_q, device=out.device)[:2]  # two random members, as the official
+        q = two_hot_inv(out[qidx], self.cfg)
+        return q.min(0).values if return_type == "min" else q.sum(0) / 2
+
+
+def two_hot_inv(x: torch.Tensor, cfg: SimpleNamespace) -> torch.Tensor:
+    """The official `math.two_hot_inv`: expected bin value of the softmax (..., 1), then symexp."""
+    bins = torch.linspace(cfg.vmin, cfg.vmax, cfg.num_bins, device=x.device, dtype=x.dtype)
+    x = torch.sum(torch.softmax(x, dim=-1) * bins, dim=-1, keepdim=True)
+    return torch.sign(x) * (torch.exp(torch.abs(x)) - 1)
+
+
+def install_official_q_copies(wm: nn.Module) -> None:
+    """The official `WorldModel.init()` (tdmpc2/common/world_model.py), step for step.
+
+    `_detach_Qs_params` wraps the online `_Qs.params.data` (same storage, no gradient),
+    `_target_Qs_params` a clone of it; both copies are deep copies of `_Qs` made while its template
+    holds meta tensors, and their `params` are then swapped, via `delattr` and the instance
+    `__dict__`, for those TensorDictParams *without* registering them as submodules of the copies
+    (the official comment: to avoid duplicated tensors in the state dict).
+    """
+    from tensordict.nn import TensorDictParams
+
+    wm._detach_Qs_params = TensorDictParams(wm._Qs.params.data, no_convert=True)
+    wm._target_Qs_params = TensorDictParams(wm._Qs.params.data.clone(), no_convert=True)
+    with wm._detach_Qs_params.data.to("meta").to_module(wm._Qs.module):
+        wm._detach_Qs = deepcopy(wm._Qs)
+        wm._target_Qs = deepcopy(wm._Qs)
+    delattr(wm._detach_Qs, "params")
+    wm._detach_Qs.__dict__["params"] = wm._detach_Qs_params
+    delattr(wm._target_Qs, "params")
+    wm._target_Qs.__dict__["params"] = wm._target_Qs_params
+
+
+class OfficialInitWorldModel(OfficialLayoutWorldModel):
+    """`OfficialLayoutWorldModel` whose Q copies are installed exactly as the official `init()` does."""
+
+    def init(self) -> None:
+        install_official_q_copies(self)
