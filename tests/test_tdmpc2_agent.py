@@ -135,6 +135,68 @@ def test_parse_overrides_errors_name_problem_and_fix(tokens, message):
         parse_overrides(tokens)
 
 
+# The official TD-MPC2 hyper-parameters (tdmpc2/config.yaml and the 5M preset; Hansen, Su, Wang, ICLR 2024).
+OFFICIAL_DEFAULTS = dict(
+    # planning
+    mpc=True, iterations=6, num_samples=512, num_elites=64, num_pi_trajs=24, horizon=3, min_std=0.05, max_std=2.0,
+    temperature=0.5,
+    # training
+    batch_size=256, reward_coef=0.1, value_coef=0.1, termination_coef=1.0, consistency_coef=20.0, rho=0.5, lr=3e-4,
+    enc_lr_scale=0.3, grad_clip_norm=20.0, tau=0.01, discount_denom=5.0, discount_min=0.95, discount_max=0.995,
+    buffer_size=1_000_000,
+    # actor
+    log_std_min=-10.0, log_std_max=2.0, entropy_coef=1e-4,
+    # critic
+    num_bins=101, vmin=-10.0, vmax=10.0,
+    # architecture (model_size=5)
+    model_size=5, num_enc_layers=2, enc_dim=256, mlp_dim=512, latent_dim=512, num_q=5, dropout=0.01, simnorm_dim=8,
+    # dm-control: 1000 physics steps at action repeat 2
+    action_repeat=2, episode_length=500,
+)
+
+
+def test_defaults_are_the_official_ones():
+    cfg = TDMPC2Config()
+    actual = {k: getattr(cfg, k) for k in OFFICIAL_DEFAULTS}
+    assert actual == OFFICIAL_DEFAULTS
+    for k, v in OFFICIAL_DEFAULTS.items():  # and of the same kind (an int stays an int)
+        assert type(actual[k]) is type(v) or (isinstance(v, float) and type(actual[k]) is int), (k, actual[k])
+    assert cfg.widths() == {"enc_dims": [256], "dynamics_dims": [512, 512], "reward_dims": [512, 512],
+                            "termination_dims": [512, 512], "pi_dims": [512, 512], "q_dims": [512, 512]}
+    assert MODEL_SIZES["5"] == dict(enc_dim=256, mlp_dim=512, latent_dim=512, num_enc_layers=2, num_q=5)
+    assert make_config(obs_dim=OBS, action_dim=ACT).widths() == cfg.widths()  # make_config applies the same preset
+    # the official discount heuristic: (L/5 - 1) / (L/5) clipped to [0.95, 0.995]; 0.99 for 500-step episodes
+    assert cfg.discount == pytest.approx(0.99, abs=1e-12)
+    for length, discount in ((500, 0.99), (1000, 0.995), (100, 0.95), (250, 0.98), (10_000, 0.995), (5, 0.95)):
+        assert TDMPC2Config(episode_length=length).discount == pytest.approx(discount, abs=1e-12), length
+
+
+def test_optimizers_are_the_official_ones():
+    cfg = tiny_cfg(episodic=True)
+    agent = TDMPC2(cfg)
+    m = agent.model
+    assert agent.discount == pytest.approx(0.99, abs=1e-12) and cfg.episode_length == 500
+    # policy prior: Adam at lr with eps 1e-5, over exactly the policy's parameters
+    assert isinstance(agent.pi_optim, torch.optim.Adam) and len(agent.pi_optim.param_groups) == 1
+    pi_group = agent.pi_optim.param_groups[0]
+    assert pi_group["eps"] == 1e-5 and pi_group["lr"] == cfg.lr == 3e-4
+    assert {id(p) for p in pi_group["params"]} == {id(p) for p in m._pi.parameters()}
+    # world model: Adam (default eps) at lr, the encoder at 0.3 x lr
+    assert isinstance(agent.optim, torch.optim.Adam)
+    groups = {g["name"]: g for g in agent.optim.param_groups}
+    assert groups["encoder"]["lr"] == pytest.approx(0.3 * cfg.lr, rel=1e-12)
+    assert {id(p) for p in groups["encoder"]["params"]} == {id(p) for p in m._encoder.parameters()}
+    for name, g in groups.items():
+        assert g["eps"] == 1e-8, name
+        if name != "encoder":
+            assert g["lr"] == cfg.lr, name
+    # every world-model parameter but the policy's is trained by exactly one group of the model optimiser
+    model_params = [id(p) for g in agent.optim.param_groups for p in g["params"]]
+    assert len(model_params) == len(set(model_params))
+    assert set(model_params) == {id(p) for p in m.parameters()} - {id(p) for p in m._pi.parameters()}
+    assert set(groups) == {"encoder", "dynamics", "reward", "termination", "Qs"}
+
+
 def test_preset_sizes_match_the_paper():
     """Parameter counts of the presets (meta tensors: nothing is allocated) for a typical task."""
     counts = {}

@@ -21,6 +21,22 @@ def _events(run_dir: str) -> EventAccumulator:
     return ea
 
 
+def _hparams(ea: EventAccumulator) -> dict:
+    """The run's hparams as the TensorBoard HPARAMS plugin reads them (session start info)."""
+    from google.protobuf.json_format import MessageToDict
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = ea.PluginTagToContent("hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(content)
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert [m.name.tag for m in experiment.metric_infos] == ["eval/episode_reward"]
+    data = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    assert data.WhichOneof("data") == "session_start_info"
+    hparams = {k: MessageToDict(v) for k, v in data.session_start_info.hparams.items()}
+    assert {h.name for h in experiment.hparam_infos} == set(hparams)  # every logged value is declared
+    return hparams
+
+
 def test_pruned_and_dense_runs_side_by_side(tmp_path):
     dense = train(tokens(tmp_path, "dense", 250, 100, 250))
     pruned = train(tokens(tmp_path, "pruned", 250, 100, 250, *PRUNE))
@@ -42,10 +58,24 @@ def test_pruned_and_dense_runs_side_by_side(tmp_path):
     # the pruned model trained on, evaluated, and its config describes its shape
     assert pruned.agent.model._dynamics[0].out_features == 16 and pruned.cfg.dynamics_dims == [16, 16]
     assert len(ea.Scalars("eval/episode_reward")) == len(_events(dense.directory).Scalars("eval/episode_reward"))
-    hp = ea.Tensors("_hparams_/session_start_info") if "_hparams_/session_start_info" in tags["tensors"] else None
-    if hp is None:  # hparams are stored as a summary plugin; check the raw event text instead
-        raw = b"".join(open(os.path.join(pruned.directory, f), "rb").read() for f in os.listdir(pruned.directory) if "tfevents" in f)
-        assert b"prune.criterion" in raw and b"prune.sparsity" in raw
+    # the prune options are hparams of the run, with the values given on the command line
+    hp = _hparams(ea)
+    from tdmpc_prune.config import PruneConfig
+
+    expected = {"prune.schedule": "iterative", "prune.start": 100, "prune.end": 200, "prune.iterations": 2,
+                "prune.sparsity": 0.5, "prune.l1": 1e-4, "prune.l1_period": 50,
+                "prune.criterion": PruneConfig().criterion, "prune.coupling": PruneConfig().coupling,
+                "prune.physical": True, "task": "cartpole-balance", "total_params": params[0]}
+    for key, value in expected.items():
+        assert key in hp, (key, sorted(hp))
+        assert hp[key] == value, (key, hp[key], value)
+    assert not any(k.startswith("prune.") for k in _hparams(_events(dense.directory)))  # only the pruned run
+    # params and FLOPs fall, the planner latency is measured
+    flops = [e.value for e in ea.Scalars("prune/flops")]
+    plan_ms = [e.value for e in ea.Scalars("prune/plan_ms")]
+    assert params[-1] < params[0] and flops[-1] < flops[0] and flops[-1] < 0.6 * flops[0]
+    assert all(b <= a for a, b in zip(params, params[1:])) and all(b <= a for a, b in zip(flops, flops[1:]))
+    assert plan_ms and all(v > 0 for v in plan_ms)
 
 
 def test_resume_mid_pruning_reproduces_the_uninterrupted_run(tmp_path):
