@@ -1,0 +1,43 @@
+"""The README's promises: its Python example runs, its main command prunes within the run it starts."""
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import torch
+
+from tdmpc_prune import PruneConfig
+from tdmpc_prune.schedule import Schedule
+from tdmpc_prune.tdmpc2.config import parse_overrides
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def test_the_30_second_example_runs_and_prunes(tmp_path, monkeypatch, capsys) -> None:
+    section = README[README.index("## 30-second example"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    model, pruner = namespace["model"], namespace["pruner"]
+    assert model.actor[0].out_features == 32 and model.critic[0].out_features == 32  # halved
+    assert model.trunk[0].out_features == 64  # the coupling group (trunk -> actor, critic) is protected
+    kinds = {g.id: g.kind for g in pruner.groups}
+    assert kinds == {"trunk.0": "coupling", "actor.0": "component", "critic.0": "component"}
+    assert "coupling" in capsys.readouterr().out
+    saved = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    assert pruner.sparsity() == 0.5 and pruner.schedule.finished
+    assert saved["pruner"]["history"] == pruner.history and len(pruner.history) >= 5  # gradual: several events
+
+
+def test_the_main_command_prunes_after_the_seed_steps_and_before_the_end() -> None:
+    line = next(l for l in README.splitlines() if l.startswith("bash scripts/setup.sh && .venv/bin/tdmpc-prune train"))
+    tokens = shlex.split(line.split(".venv/bin/tdmpc-prune train", 1)[1])
+    parsed = parse_overrides(tokens)
+    cfg = parsed.cfg
+    assert parsed.prune_flag and cfg.model_size == "cpu" and cfg.task == "cartpole-balance"
+    assert cfg.seed_env_steps < cfg.steps
+    events = Schedule.from_config(PruneConfig.from_overrides(parsed.prune_overrides), cfg.steps, cfg.seed_env_steps).events
+    assert len(events) == PruneConfig().iterations
+    assert all(cfg.seed_env_steps < t <= cfg.steps for t, _ in events)  # updates (and statistics) come first
