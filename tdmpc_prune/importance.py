@@ -109,6 +109,9 @@ class ChannelStats:
         self.needs = {"abs", "sq"}  # statistics gathered each step (set from the criterion)
         self.count = torch.ones(n, device=self.device)
         self.alive = torch.ones(n, dtype=torch.bool, device=self.device)
+        self.group_of_slot = torch.repeat_interleave(  # slot -> index of its group (for per-group reductions)
+            torch.arange(len(self.groups), dtype=torch.int32), torch.tensor([g.channels for g in self.groups])
+        ).to(self.device)
         self.plan: List[_TensorPlan] = []
 
     @property
@@ -196,12 +199,10 @@ class ChannelStats:
 
     def _group_mean(self, x: torch.Tensor) -> torch.Tensor:
         """Each slot gets the mean of `x` over the alive channels of its group."""
-        out = torch.empty_like(x)
-        for g in self.groups:
-            sl = slice(self.offsets[g.id], self.offsets[g.id] + g.channels)
-            w = self.alive[sl].to(x.dtype)
-            out[sl] = (x[sl] * w).sum() / w.sum().clamp_min(1.0)
-        return out
+        w = self.alive.to(x.dtype)
+        sums = torch.zeros(len(self.groups), device=x.device, dtype=x.dtype).index_add_(0, self.group_of_slot, x * w)
+        counts = torch.zeros(len(self.groups), device=x.device, dtype=x.dtype).index_add_(0, self.group_of_slot, w)
+        return (sums / counts.clamp_min(1.0))[self.group_of_slot]
 
     # ------------------------------------------------------------------------------ derived
     def posterior(self) -> Dict[str, torch.Tensor]:
@@ -221,7 +222,7 @@ class ChannelStats:
 
     def stats_bytes(self) -> int:
         """Bytes held for statistics: buffers, pending sums, counts and the index plan."""
-        tensors = [getattr(self, b) for b in _BUFFERS] + [self._p_abs, self._p_sq, self._p_taylor, self.count, self.alive]
+        tensors = [getattr(self, b) for b in _BUFFERS] + [self._p_abs, self._p_sq, self._p_taylor, self.count, self.alive, self.group_of_slot]
         tensors += [t for p in self.plan for e in p.entries for t in (e.pos, e.flat) if isinstance(t, torch.Tensor)]
         return sum(t.numel() * t.element_size() for t in tensors)
 
