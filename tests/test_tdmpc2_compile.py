@@ -11,9 +11,10 @@ from typing import Any, Callable, List
 import pytest
 import torch
 
-from tdmpc_prune.tdmpc2 import TDMPC2, ReplayBuffer, make_config
+from tdmpc_prune.tdmpc2 import TDMPC2, make_config
 from tdmpc_prune.tdmpc2.attach import attach
 from official_layout import OfficialInitWorldModel, official_cfg
+from test_tdmpc2_agent import filled_buffer
 
 OBS, ACT = 5, 2
 TINY = dict(model_size="cpu", enc_dim=32, mlp_dim=48, latent_dim=32, obs_dim=OBS, action_dim=ACT, device="cpu",
@@ -59,18 +60,6 @@ def recorder(monkeypatch) -> CompileRecorder:
     return rec
 
 
-def _buffer(cfg, episodes: int = 2, length: int = 30) -> ReplayBuffer:
-    buf = ReplayBuffer(1000, OBS, ACT, cfg.horizon, cfg.batch_size)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(episodes):
-        act = torch.rand(length + 1, ACT, generator=g) * 2 - 1
-        act[0] = float("nan")
-        rew = torch.rand(length + 1, generator=g)
-        rew[0] = float("nan")
-        buf.add(torch.randn(length + 1, OBS, generator=g), act, rew, torch.zeros(length + 1))
-    return buf
-
-
 def _compiled_pair(rec: CompileRecorder, agent: TDMPC2, first: int) -> None:
     """Compiled callables `first`, `first + 1` are this agent's update and planner, and the agent uses them."""
     assert rec.compiled[first:first + 2] == [agent._update, agent.planner.plan]  # bound methods of *this* agent
@@ -100,7 +89,7 @@ def test_pruning_rebuilds_what_was_compiled(recorder) -> None:
     agent = TDMPC2(make_config(**TINY))
     assert rec.events == ["reset", ("compile", 0), ("compile", 1)]
     _compiled_pair(rec, agent, 0)
-    buf = _buffer(agent.cfg)
+    buf = filled_buffer(agent.cfg)
     _trains_and_plans(rec, agent, buf, 0, 1)
 
     pruner = attach(agent, criterion="magnitude", sparsity=0.5, coupling="prune")
