@@ -118,3 +118,14 @@ def test_resume_of_a_pruning_run_needs_prune(tmp_path, capsys):
     assert "resume it with --prune" in capsys.readouterr().err
     assert main(["train"] + tokens(tmp_path, "p", 200, 100, 100, "resume=true", "--prune", "prune.sparsity=0.3")) == 2
     assert "different prune options" in capsys.readouterr().err
+
+
+def test_a_pruning_run_is_the_dense_run_until_its_first_event(tmp_path):
+    """Attaching, statistics and the prune/* logging consume no randomness and change no gradient
+    (l1=0): before its first event a pruned run is bit for bit the dense run it is compared with."""
+    dense = train(tokens(tmp_path, "dense", 150, 50, 150))
+    watched = train(tokens(tmp_path, "watched", 150, 50, 150, "--prune", "prune.schedule=oneshot", "prune.start=100000"))
+    assert watched.callbacks[-1].pruner.history == [] and watched.callbacks[-1].pruner.stats.n_obs > 0
+    assert_same_state(dense.agent.state_dict(), watched.agent.state_dict())
+    rewards = lambda t: [(e.step, e.value) for e in _events(t.directory).Scalars("eval/episode_reward")]  # noqa: E731
+    assert rewards(dense) == rewards(watched) and len(rewards(dense)) == 4
