@@ -206,6 +206,19 @@ def test_callback_path_equals_wrap_path() -> None:
         assert th.allclose(v, heads(b, obs)[k], atol=TOL), k
 
 
+@pytest.mark.parametrize("name", ["ppo", "sac"])
+def test_a_pruning_run_is_the_dense_run_until_its_first_event(name: str) -> None:
+    """Building the pruner, statistics and prune/* logging consume no randomness and (l1=0) change no
+    gradient: before its first event the wrapped model trains exactly like the dense one."""
+    dense = make(name)
+    dense.learn(STEPS)
+    watched = wrap(make(name), criterion="bayes", schedule="oneshot", start=10**6, heatmap=False)
+    watched.learn(STEPS)
+    assert get_pruner(watched).history == [] and float(get_pruner(watched).stats.n_obs) > 0
+    a, b = dense.policy.state_dict(), watched.policy.state_dict()
+    assert a.keys() == b.keys() and all(th.equal(a[k], b[k]) for k in a)
+
+
 # ----------------------------------------------------------------------------------------- masked == pruned
 @pytest.mark.parametrize("name", ["ppo", "a2c", "sac", "td3", "dqn"])
 def test_masked_equals_pruned(name: str, tmp_path) -> None:
