@@ -181,6 +181,9 @@ def test_cli_rejects_bad_input_with_a_clear_message(tmp_path, capsys, args, mess
 
 def test_cli_usage_and_unknown_command(capsys):
     assert main([]) == 0 and "train" in capsys.readouterr().out
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "  steps=100000" in out and "  model_size=5" in out and "  prune.sparsity=0.5" in out
     assert main(["trian"]) == 2 and "Did you mean 'train'" in capsys.readouterr().err
 
 

@@ -78,11 +78,34 @@ def resume_config(cfg: TDMPC2Config, given: Sequence[str], directory: str) -> Tu
     return TDMPC2Config.from_dict(saved), state
 
 
-def train(tokens: Sequence[str], callbacks: Sequence[Any] = ()) -> Trainer:
+def usage() -> str:
+    """`tdmpc-prune train --help`: every override key with its default, and the prune options."""
+    from dataclasses import fields
+
+    from ..config import PruneConfig
+
+    def table(cls, prefix: str = "") -> List[str]:
+        default = cls()
+        return [f"  {prefix}{f.name}={getattr(default, f.name)!r}" for f in fields(cls)]
+
+    return "\n".join(
+        ["usage: tdmpc-prune train key=value ... [--prune prune.key=value ...]",
+         "Steps are environment steps (agent steps x action_repeat). Keys and defaults:"]
+        + table(TDMPC2Config)
+        + ["--prune options (fractional start/end/l1_period: fractions of the updates after the seed steps):"]
+        + table(PruneConfig, "prune.")
+    )
+
+
+def train(tokens: Sequence[str], callbacks: Sequence[Any] = ()) -> Optional[Trainer]:
     """Parse `tokens`, build (or resume) the run and train it; returns the finished trainer.
 
     `--prune` adds a `PruneCallback` configured by the `prune.*` tokens (see `prune_callback.py`).
+    `-h`/`--help` prints every key with its default and returns None.
     """
+    if any(t in ("-h", "--help") for t in tokens):
+        print(usage())
+        return None
     parsed = parse_overrides(tokens)
     cfg = parsed.cfg
     callbacks = list(callbacks) + _prune_callbacks(parsed)
