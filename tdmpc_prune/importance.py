@@ -53,6 +53,7 @@ class _Entry:
     pos: Index  # current positions along dim: a slice when contiguous (the usual case), else indices
     flat: Index  # flat channel slot of each position, likewise
     reduce: tuple  # dims summed over
+    group: str = ""  # id of the group whose channels these positions are
 
     def add_to(self, buf: torch.Tensor, per_position: torch.Tensor) -> None:
         """buf[flat] += per_position[pos]."""
@@ -145,7 +146,7 @@ class ChannelStats:
                 plan = plans.setdefault(id(t), _TensorPlan(t, []))
                 order = torch.argsort(pos)
                 pos, chan = pos[order], chan[order]
-                plan.entries.append(_Entry(m.dim, _compact(pos, t.device), _compact(off + chan, self.device), reduce))
+                plan.entries.append(_Entry(m.dim, _compact(pos, t.device), _compact(off + chan, self.device), reduce, g.id))
         self.plan = list(plans.values())
         self.count = count.clamp_min(1.0).to(self.device)
         self.alive = alive_flat.to(self.device)
@@ -211,12 +212,15 @@ class ChannelStats:
         return {"alpha": alpha, "beta": beta, "mean": alpha / beta, "var": alpha / beta**2}
 
     @torch.no_grad()
-    def weight_norm(self) -> torch.Tensor:
-        """L2 norm of each channel's coupled weights."""
+    def weight_norm(self, groups: Optional[Set[str]] = None) -> torch.Tensor:
+        """L2 norm of each channel's coupled weights (only the channels of `groups`, if given; others 0)."""
         out = torch.zeros(self.size, device=self.device)
         for plan in self.plan:
+            entries = [e for e in plan.entries if groups is None or e.group in groups]
+            if not entries:
+                continue
             w2 = plan.tensor.detach().square()
-            for e in plan.entries:
+            for e in entries:
                 e.add_to(out, _sum(w2, e))
         return out.sqrt()
 

@@ -34,6 +34,7 @@ class GroupLasso:
         self.lam_max = float(lam_max)
         self.period = float(period)
         self.pressured = list(pressured)
+        self._pressured_set = set(self.pressured)
         self.eps = eps
         # per statistics slot: its group's phase offset and whether the group is pressured, kept on the
         # device so a step builds lambda there (no host-to-device copy on the training hot path)
@@ -57,16 +58,23 @@ class GroupLasso:
         # cosine_lambda for every slot at once
         lam = self.lam_max * (1.0 - torch.cos((2.0 * math.pi / self.period) * (self._phase + float(t)))) / 2.0
         lam = lam * self._on * stats.alive
-        norm = stats.weight_norm()
-        coef = lam / (norm + self.eps)
-        for plan in stats.plan:
+        live = [p for p in stats.plan if p.tensor.grad is not None and (only is None or id(p.tensor) in only)]
+        # norms of the pressured groups this optimizer steps (a channel's norm spans all its tensors)
+        groups = {e.group for p in live for e in p.entries} & self._pressured_set
+        if not groups:
+            return
+        coef = lam / (stats.weight_norm(groups) + self.eps)
+        for plan in live:
             t_ = plan.tensor
-            if t_.grad is None or (only is not None and id(t_) not in only):
-                continue
             for e in plan.entries:
-                scale = torch.zeros(t_.shape[e.dim], device=t_.device, dtype=t_.dtype)
-                scale[e.pos] = coef[e.flat].to(t_.dtype)
+                if e.group not in groups:
+                    continue
+                n = t_.shape[e.dim]
+                if isinstance(e.pos, slice) and e.pos == slice(0, n) and isinstance(e.flat, slice):
+                    scale = coef[e.flat]  # every position of the dim, in slot order: a view
+                else:
+                    scale = torch.zeros(n, device=t_.device, dtype=coef.dtype)
+                    scale[e.pos] = coef[e.flat]
                 shape = [1] * t_.dim()
                 shape[e.dim] = -1
-                t_.grad.addcmul_(t_.detach(), scale.view(shape))
-
+                t_.grad.addcmul_(t_.detach(), scale.to(t_.dtype).view(shape))
