@@ -13,17 +13,18 @@ the training loop.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Set
+from typing import Optional, Sequence, Set, Union
 
 import torch
 
 from .importance import ChannelStats
 
 
-def cosine_lambda(t: float, i: int, n: int, period: float, lam_max: float) -> float:
-    """lambda_i(t) of the phase-offset cosine schedule."""
+def cosine_lambda(t: float, i: Union[int, torch.Tensor], n: int, period: float, lam_max: float) -> Union[float, torch.Tensor]:
+    """lambda_i(t) of the phase-offset cosine schedule (`i` may be a tensor of group indices)."""
     phase = i * period / max(1, n)
-    return lam_max * (1.0 - math.cos(2.0 * math.pi * (t + phase) / period)) / 2.0
+    cos = torch.cos if isinstance(phase, torch.Tensor) else math.cos
+    return lam_max * (1.0 - cos(2.0 * math.pi * (t + phase) / period)) / 2.0
 
 
 class GroupLasso:
@@ -36,15 +37,14 @@ class GroupLasso:
         self.pressured = list(pressured)
         self._pressured_set = set(self.pressured)
         self.eps = eps
-        # per statistics slot: its group's phase offset and whether the group is pressured, kept on the
-        # device so a step builds lambda there (no host-to-device copy on the training hot path)
-        phase, on = torch.zeros(stats.size), torch.zeros(stats.size)
+        # per statistics slot: the index i of its group among the pressured ones and whether it is
+        # pressured, kept on the device so a step builds lambda there (no host-to-device copy per step)
+        index, on = torch.zeros(stats.size), torch.zeros(stats.size)
         channels = {g.id: g.channels for g in stats.groups}
         for i, gid in enumerate(self.pressured):
             sl = slice(stats.offsets[gid], stats.offsets[gid] + channels[gid])
-            phase[sl] = i * self.period / max(1, len(self.pressured))
-            on[sl] = 1.0
-        self._phase, self._on = phase.to(stats.device), on.to(stats.device)
+            index[sl], on[sl] = float(i), 1.0
+        self._index, self._on = index.to(stats.device), on.to(stats.device)
 
     def lambdas(self, t: float) -> dict:
         n = len(self.pressured)
@@ -55,8 +55,7 @@ class GroupLasso:
         if self.lam_max <= 0 or not self.pressured:
             return
         stats = self.stats
-        # cosine_lambda for every slot at once
-        lam = self.lam_max * (1.0 - torch.cos((2.0 * math.pi / self.period) * (self._phase + float(t)))) / 2.0
+        lam = cosine_lambda(float(t), self._index, len(self.pressured), self.period, self.lam_max)  # every slot at once
         lam = lam * self._on * stats.alive
         live = [p for p in stats.plan if p.tensor.grad is not None and (only is None or id(p.tensor) in only)]
         # norms of the pressured groups this optimizer steps (a channel's norm spans all its tensors)

@@ -106,6 +106,21 @@ def test_each_pressured_group_gets_its_own_phase_and_l1_zero_leaves_gradients_al
     peaks = {gid: max(range(T), key=lambda t: pruner.lasso.lambdas(t)[gid]) for gid in pressured}
     assert len(set(peaks.values())) == n
 
+    # the gradient the optimizer step adds has each group's own lambda: the pi hidden bias belongs to
+    # one group only, so its penalty gradient is lambda_i(t) * b / ||channel||
+    t, gid = 11, "_pi.0"
+    i = pressured.index(gid)
+    assert i > 0
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    pruner.clock = t
+    pruner.optimizers[0].step()
+    off, width = pruner.stats.offsets[gid], pruner._by_id[gid].channels
+    norm = pruner.stats.weight_norm({gid})[off : off + width]
+    lam = cosine_lambda(t, i, n, T, lam_max)
+    assert torch.allclose(model._pi[0].bias.grad, lam * model._pi[0].bias.detach() / norm, rtol=1e-5, atol=1e-9)
+    assert model._pi[0].bias.grad.abs().max() > 0
+
     # l1 = 0 (the default): the optimizer steps on exactly the task gradient
     plain = LatentWorldModel()
     plain.load_state_dict(model.state_dict())
