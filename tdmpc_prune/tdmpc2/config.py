@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
 
 # Presets of the paper (official `MODEL_SIZE`) plus a small CPU preset.  Keys: str(model_size).

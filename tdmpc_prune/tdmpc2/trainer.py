@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from .agent import TDMPC2, to_floats
+from .agent import TDMPC2
 from .buffer import ReplayBuffer
 from .config import TDMPC2Config
 from .envs import DMControlEnv

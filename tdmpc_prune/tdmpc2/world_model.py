@@ -27,7 +27,7 @@ from torch.func import functional_call
 from ..ensemble import StackedEnsemble
 from . import functional as Fn
 from .config import TDMPC2Config
-from .layers import SimNorm, mlp, num_params, weight_init
+from .layers import SimNorm, mlp, weight_init
 
 Task = Optional[Union[int, torch.Tensor]]
 
