@@ -145,7 +145,8 @@ class Pruner:
             raise PruneError("attach() needs at least one optimizer")
         cfg = self.config
         self.total_steps = total_steps
-        self.first_step = int(first_step)
+        # a warm-up longer than the run leaves an empty span at its end, never a span ending before it starts
+        self.first_step = min(int(first_step), int(total_steps)) if total_steps is not None else int(first_step)
         done = self.schedule.done if self.schedule is not None else 0
         self.schedule = None  # built on the first step(): prune_to() alone needs no run length
         if total_steps is not None or not _fractional(cfg):

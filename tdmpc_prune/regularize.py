@@ -37,14 +37,13 @@ class GroupLasso:
         self.pressured = list(pressured)
         self._pressured_set = set(self.pressured)
         self.eps = eps
-        # per statistics slot: the index i of its group among the pressured ones and whether it is
-        # pressured, kept on the device so a step builds lambda there (no host-to-device copy per step)
-        index, on = torch.zeros(stats.size), torch.zeros(stats.size)
+        # per statistics slot: the index i of its group among the pressured ones, kept on the device so
+        # a step builds lambda there (no host-to-device copy per step); only pressured slots are read
+        index = torch.zeros(stats.size)
         channels = {g.id: g.channels for g in stats.groups}
         for i, gid in enumerate(self.pressured):
-            sl = slice(stats.offsets[gid], stats.offsets[gid] + channels[gid])
-            index[sl], on[sl] = float(i), 1.0
-        self._index, self._on = index.to(stats.device), on.to(stats.device)
+            index[stats.offsets[gid] : stats.offsets[gid] + channels[gid]] = float(i)
+        self._index = index.to(stats.device)
 
     def lambdas(self, t: float) -> dict:
         n = len(self.pressured)
@@ -56,7 +55,7 @@ class GroupLasso:
             return
         stats = self.stats
         lam = cosine_lambda(float(t), self._index, len(self.pressured), self.period, self.lam_max)  # every slot at once
-        lam = lam * self._on * stats.alive
+        lam = lam * stats.alive
         live = [p for p in stats.plan if p.tensor.grad is not None and (only is None or id(p.tensor) in only)]
         # norms of the pressured groups this optimizer steps (a channel's norm spans all its tensors)
         groups = {e.group for p in live for e in p.entries} & self._pressured_set

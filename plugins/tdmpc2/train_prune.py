@@ -180,7 +180,7 @@ def _train_pruned(trainer: Any, cfg: Any, opts: Dict[str, Any], offline: bool) -
     config, launcher = split_options(opts)
     total = int(cfg.steps)
     # online: the clock is the env step and updates begin at seed_steps; offline: one update per iteration
-    first = 0 if offline else min(int(cfg.seed_steps), total)
+    first = 0 if offline else int(cfg.seed_steps)
     pruner = attach(trainer.agent, total_steps=total, config=config, first_step=first)
     print(pruner)
     work_dir = Path(cfg.work_dir)

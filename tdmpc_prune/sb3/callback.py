@@ -92,7 +92,7 @@ class PruningCallback(BaseCallback):
             )
         total = self.total_timesteps or pruner.total_steps or int(self.locals["total_timesteps"])
         # off-policy algorithms train only after `learning_starts`: fractions of the run count from there
-        pruner.attach(optimizers(self.model), total_steps=total, first_step=min(int(getattr(self.model, "learning_starts", 0)), total))
+        pruner.attach(optimizers(self.model), total_steps=total, first_step=int(getattr(self.model, "learning_starts", 0)))
         self.logger.record(
             "hparams", HParam(prune_hparams(pruner), {"prune/sparsity": 0.0, "rollout/ep_rew_mean": 0.0}), exclude=TENSORBOARD_ONLY
         )

@@ -1,9 +1,9 @@
 """`--prune` for `tdmpc-prune train`: a trainer callback that owns the Pruner of the agent.
 
 The schedule clock is the trainer's environment step (the x-axis of every TensorBoard curve);
-fractional `prune.start`/`prune.end` are fractions of the training span that follows the seed steps
-(random actions, no updates), so `prune.start=0.2` is 20 % into the updates. After every agent update the callback advances the clock
-(pruning when an event is due); it writes the shared `prune/*` view every `log_freq` updates
+fractional `prune.start`/`prune.end` are fractions of the training span that follows the seed
+steps (random actions, no updates), so `prune.start=0.2` is 20 % into the updates. After every
+agent update the callback advances the clock (pruning when an event is due); it writes the shared `prune/*` view every `log_freq` updates
 (scalars) and at every evaluation and pruning event (histograms, heatmap, planning latency).
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ class PruneCallback:
         self.original_cfg = self.original_cfg or trainer.cfg.to_dict()
         # fractions of the run count from the end of the seed steps, when updates (and statistics) begin
         self.pruner = attach(trainer.agent, total_steps=trainer.total_steps, config=self.config,
-                             first_step=min(trainer.cfg.seed_env_steps, trainer.total_steps))
+                             first_step=trainer.cfg.seed_env_steps)
         return self.pruner
 
     def hparams(self) -> Dict[str, Any]:
