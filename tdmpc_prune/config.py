@@ -46,6 +46,8 @@ class PruneConfig:
     physical: bool = True  # True: layers really shrink; False: reversible exact-zero masks
     ema: float = 0.9  # gamma of the statistics' exponential moving average
     prior_strength: float = 1.0  # beta_0 of the Gamma prior (pseudo-observations)
+    posterior_decay: float = 1.0  # rho: forgetting of the Gamma posterior per step (1 = the whole history)
+    compensate: bool = False  # fold a removed channel's mean activation into the next layer's bias
     exclude: Sequence[str] = ()  # module names whose output channels are never pruned
     seed: int = 0  # seed of the random criterion
 
@@ -83,6 +85,8 @@ class PruneConfig:
             raise PruneConfigError(f"ema must be in [0, 1), got {self.ema!r}")
         if not (isinstance(self.prior_strength, (int, float)) and self.prior_strength > 0):
             raise PruneConfigError(f"prior_strength must be > 0, got {self.prior_strength!r}")
+        if not (isinstance(self.posterior_decay, (int, float)) and 0.0 < self.posterior_decay <= 1.0):
+            raise PruneConfigError(f"posterior_decay must be in (0, 1] (1 keeps the whole history), got {self.posterior_decay!r}")
         if isinstance(self.exclude, str):
             self.exclude = (self.exclude,)
         return self

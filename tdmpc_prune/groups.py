@@ -66,10 +66,10 @@ class Group:
 
 # --------------------------------------------------------------------------------- components
 def resolve_components(model: nn.Module, components: Optional[Mapping[str, ComponentSpec]]) -> Dict[str, List[str]]:
-    """Component name -> module-name prefixes.  Default: the whole model is one component."""
+    """Component name -> module-name prefixes.  Default: each top-level child is a component."""
     names = {id(m): n for n, m in model.named_modules()}
     if not components:
-        return {"model": [""]}
+        return {name: [name] for name, _ in model.named_children()} or {"model": [""]}
     known = set(names.values())
     out: Dict[str, List[str]] = {}
     for comp, spec in components.items():

@@ -15,17 +15,28 @@ are skipped and counted (without a host sync).
 
 **Bayesian uncertainty.**  The gradient energy :math:`\mu_c` of a channel gets a conjugate
 Gamma prior :math:`\mu_c \sim \mathrm{Gamma}(\alpha_0, \beta_0)` (shape/rate) and the energies
-:math:`f_{c,t}` are treated as Poisson-rate observations, so the posterior stays Gamma.  With
-exponential forgetting by :math:`\gamma` (the posterior tracks a non-stationary run) the update is
+:math:`f_{c,t}` are treated as Poisson-rate observations, so the posterior stays Gamma.  The
+posterior accumulates the *whole history* of the run (its own forgetting factor :math:`\rho`,
+`posterior_decay`, default 1 = none; it is independent of the EMA's :math:`\gamma`):
 
-    :math:`S_t = \gamma S_{t-1} + f_{c,t}`,  :math:`N_t = \gamma N_{t-1} + 1`,
+    :math:`S_t = \rho S_{t-1} + f_{c,t}`,  :math:`N_t = \rho N_{t-1} + 1`,
     :math:`\alpha_t = \alpha_0 + S_t`,  :math:`\beta_t = \beta_0 + N_t`,
     :math:`\mu = \alpha_t/\beta_t` (posterior mean),  :math:`\sigma^2 = \alpha_t/\beta_t^2`.
 
 The prior is empirical Bayes: :math:`\beta_0` = `prior_strength` pseudo-observations and
 :math:`\alpha_0 = \beta_0 \cdot \bar f_g` with :math:`\bar f_g` the group's mean energy at the first
 observed step, so a channel with little evidence is shrunk towards its group.  The score is
-:math:`\log(1+\mu)\,(1+\bar f_c)`.
+
+    :math:`\log(1+\hat\mu_c)\,(1+\hat f_c)`,  :math:`\hat\mu_c = \mu_c / \langle\mu\rangle_g`,
+    :math:`\hat f_c = \bar f_c / \langle\bar f\rangle_g`,
+
+the paper's "prioritise groups that are both currently sensitive and historically active": the
+posterior mean is the historical activity, the EMA of :math:`f` the current sensitivity.  Both
+are measured in units of their group's mean (:math:`\langle\cdot\rangle_g` over alive channels):
+raw gradient energies are ~1e-6, so with raw values :math:`1+\bar f \approx 1` and the product
+would collapse to the posterior mean alone; in group units the score no longer depends on the
+loss scale and both factors act.  A channel that was very active early and is silent now keeps
+a high :math:`\hat\mu` (bayes keeps it) while its EMA has decayed (fisher drops it).
 
 Baselines: `magnitude` (L2 norm of the channel's coupled weights), `taylor` (:math:`\bar\tau_c`),
 `random`; `combined` is the mean of the within-group ranks (scaled to [0, 1]) of grad, fisher and
@@ -87,10 +98,13 @@ _BUFFERS = ("ema_abs", "ema_sq", "ema_taylor", "energy_sum", "obs_weight", "alph
 class ChannelStats:
     """Flat per-channel statistics for all groups (group `g` owns slots `offsets[g]:offsets[g]+channels`)."""
 
-    def __init__(self, groups: Sequence[Group], gamma: float, prior_strength: float, device: torch.device):
+    def __init__(
+        self, groups: Sequence[Group], gamma: float, prior_strength: float, device: torch.device, posterior_decay: float = 1.0
+    ):
         self.groups = list(groups)
         self.gamma = float(gamma)
         self.beta0 = float(prior_strength)
+        self.rho = float(posterior_decay)
         self.offsets: Dict[str, int] = {}
         n = 0
         for g in self.groups:
@@ -189,16 +203,17 @@ class ChannelStats:
         self.ema_abs = ema(self.ema_abs, a)
         self.ema_sq = ema(self.ema_sq, f)
         self.ema_taylor = ema(self.ema_taylor, tau)
-        self.energy_sum = torch.where(ok, gm * self.energy_sum + f, self.energy_sum)
-        self.obs_weight = torch.where(ok, gm * self.obs_weight + 1.0, self.obs_weight)
-        self.alpha0 = torch.where(ok & first, self.beta0 * self._group_mean(f), self.alpha0)
+        rho = self.rho
+        self.energy_sum = torch.where(ok, rho * self.energy_sum + f, self.energy_sum)
+        self.obs_weight = torch.where(ok, rho * self.obs_weight + 1.0, self.obs_weight)
+        self.alpha0 = torch.where(ok & first, self.beta0 * self.group_mean(f), self.alpha0)
         self.n_obs = self.n_obs + ok.to(self.n_obs.dtype)
         self.skipped = self.skipped + (~ok).to(self.skipped.dtype)
         for p in (self._p_abs, self._p_sq, self._p_taylor):
             p.zero_()
         self._pending = False
 
-    def _group_mean(self, x: torch.Tensor) -> torch.Tensor:
+    def group_mean(self, x: torch.Tensor) -> torch.Tensor:
         """Each slot gets the mean of `x` over the alive channels of its group."""
         w = self.alive.to(x.dtype)
         sums = torch.zeros(len(self.groups), device=x.device, dtype=x.dtype).index_add_(0, self.group_of_slot, x * w)
@@ -288,7 +303,10 @@ class Bayes(Criterion):
     needs = frozenset({"sq"})
 
     def score(self, stats, generator):
-        return torch.log1p(stats.posterior()["mean"]) * (1.0 + stats.ema_sq)
+        mu = stats.posterior()["mean"]
+        history = mu / stats.group_mean(mu).clamp_min(1e-30)
+        current = stats.ema_sq / stats.group_mean(stats.ema_sq).clamp_min(1e-30)
+        return torch.log1p(history) * (1.0 + current)
 
 
 class Taylor(Criterion):

@@ -269,6 +269,28 @@ def trace_view(model: nn.Module) -> Iterator[TraceMap]:
             m.training = mode
 
 
+@contextlib.contextmanager
+def side_effect_free(model: nn.Module) -> Iterator[None]:
+    """Run a trace (discovery, FLOP counting) without changing the model or the global RNG.
+
+    Restored on exit: every buffer's values (BatchNorm running statistics and batch counters),
+    every module's train/eval flag, and the CPU and CUDA random states (dropout draws).
+    """
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    training = {m: m.training for m in model.modules()}
+    devices = sorted({b.device.index or 0 for b in (*model.parameters(), *model.buffers()) if b.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for b, saved in buffers:
+                    if b.shape == saved.shape:
+                        b.copy_(saved)
+            for m, mode in training.items():
+                m.training = mode
+
+
 # ----------------------------------------------------------------------------------- masked LN
 def masked_layer_norm(
     x: torch.Tensor, keep: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float

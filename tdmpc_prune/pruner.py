@@ -10,7 +10,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+import warnings
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -21,7 +22,7 @@ from .ensemble import StackedEnsemble
 from .errors import PruneConfigError, PruneError
 from .groups import ComponentSpec, Group, discover_groups
 from .importance import CRITERIA, ChannelStats
-from .layers import named_norms, named_tensors
+from .layers import named_norms, named_tensors, side_effect_free
 from .regularize import GroupLasso
 from .schedule import Schedule
 from .surgery import Surgeon
@@ -39,6 +40,14 @@ def _default_forward(model: nn.Module, inputs: Any) -> Any:
 
 def _fractional(cfg: PruneConfig) -> bool:
     return any(isinstance(v, float) for v in (cfg.start, cfg.end))
+
+
+def _lexsort(primary: torch.Tensor, *keys: torch.Tensor) -> torch.Tensor:
+    """Indices ordering `primary` ascending, ties broken by each of `keys` in turn."""
+    order = torch.arange(primary.numel())
+    for key in (*reversed(keys), primary):
+        order = order[torch.argsort(key[order], stable=True)]
+    return order
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -91,7 +100,7 @@ class Pruner:
         self.forward_fn = forward_fn or _default_forward
         self.example_inputs = example_inputs
         device = _device_of(model)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with side_effect_free(model):
             groups, self.notes = discover_groups(model, self.forward_fn, example_inputs, components, config.exclude)
         if not groups:
             detail = "; ".join(self.notes) or "no Linear/Conv/Embedding layer with prunable outputs was traced"
@@ -106,9 +115,16 @@ class Pruner:
             if comp not in known:
                 raise PruneConfigError(f"budget for unknown component {comp!r}; components are: {', '.join(sorted(known))}")
         self._check_targets(config.sparsity)
+        if config.sparsity > 0 and not config.budgets and all(self.group_target(g, config.sparsity) == 0 for g in groups):
+            raise PruneConfigError(
+                f"nothing can be pruned: all {len(groups)} groups span several components, and coupling groups are "
+                "protected (coupling='protect'). With the default components (each top-level child of the model) "
+                "every hidden width of a plain nn.Sequential is such a group. Pass components= (e.g. "
+                "{'model': ''} for one component) or coupling='prune'."
+            )
         self.surgeon = Surgeon(model, groups)
         self._register_implicit_mirrors()
-        self.stats = ChannelStats(groups, config.ema, config.prior_strength, device)
+        self.stats = ChannelStats(groups, config.ema, config.prior_strength, device, config.posterior_decay)
         self.criterion = CRITERIA[config.criterion]
         self.stats.track_taylor = self.criterion.uses_taylor
         self.stats.needs = set(self.criterion.needs)
@@ -152,6 +168,7 @@ class Pruner:
         if total_steps is not None or not _fractional(cfg):
             self.schedule = Schedule.from_config(cfg, total_steps, self.first_step)
             self.schedule.done = done
+        self._check_events_after_first_step()
         pressured = [g.id for g in self.groups if self.group_target(g, cfg.sparsity) > 0]
         period = cfg.resolve_length(cfg.l1_period, total_steps, self.first_step) if cfg.l1 > 0 else 1
         self.lasso = GroupLasso(self.stats, cfg.l1, max(1, period), pressured)
@@ -160,8 +177,20 @@ class Pruner:
         for i, opt in enumerate(opts):
             ids = {id(p) for pg in opt.param_groups for p in pg["params"]}
             self._handles.append(opt.register_step_pre_hook(self._pre_hook(i, ids)))
-            self._handles.append(opt.register_step_post_hook(lambda *_: self.surgeon.reapply_masks()))
+            self._handles.append(opt.register_step_post_hook(self._post_hook(ids)))
         return self
+
+    def _check_events_after_first_step(self) -> None:
+        """A gradient criterion cannot rank channels before training has produced a gradient."""
+        if self.schedule is None or not self.criterion.needs:
+            return
+        early = [t for t, _ in self.schedule.events[self.schedule.done :] if t < self.first_step]
+        if early:
+            raise PruneConfigError(
+                f"a pruning event at step {early[0]} comes before training updates begin (first_step={self.first_step}): "
+                f"criterion {self.config.criterion!r} would rank channels on no gradient statistics. "
+                f"Give start (and end) >= {self.first_step}, or as fractions of the training span."
+            )
 
     def detach(self) -> None:
         for h in self._handles:
@@ -173,8 +202,14 @@ class Pruner:
             if index == 0:
                 self.stats.commit()  # the previous step is complete once the first optimizer steps again
             self.stats.accumulate(ids)
-            if self.lasso is not None:
-                self.lasso.apply(self.clock, ids)
+
+        return hook
+
+    def _post_hook(self, ids: set) -> Callable:
+        def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            if self.lasso is not None and not (self.schedule is not None and self.schedule.finished):
+                self.lasso.shrink(self.clock, ids)
+            self.surgeon.reapply_masks()
 
         return hook
 
@@ -242,7 +277,18 @@ class Pruner:
         frac = self.schedule.due(self.clock)
         if frac is None:
             return None
+        if self.criterion.needs and not self.observed():
+            raise PruneError(
+                f"a pruning event fired at step {self.clock} before any optimizer step was observed: criterion "
+                f"{self.config.criterion!r} would rank on no statistics. attach() the pruner to the optimizer that trains "
+                "the model, and give start after the first training update."
+            )
         return self.prune_to(fraction=frac)
+
+    def observed(self) -> bool:
+        """Whether the statistics have seen at least one (finite) optimizer step."""
+        self.stats.commit()
+        return int(self.stats.n_obs) > 0
 
     def group_target(self, group: Group, sparsity: float) -> float:
         """Final sparsity of one group under the config (budgets, coupling protection)."""
@@ -260,7 +306,11 @@ class Pruner:
     def scores(self) -> Dict[str, torch.Tensor]:
         """Current importance of every structural unit per group (NaN for pruned units)."""
         self.stats.commit()
-        flat = self.criterion.score(self.stats, self._generator()).detach().float().cpu()
+        return self._per_unit(self.criterion.score(self.stats, self._generator()))
+
+    def _per_unit(self, flat: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Per-channel slot values -> one value per structural unit of each group (NaN for pruned units)."""
+        flat = flat.detach().float().cpu()
         out = {}
         for g in self.groups:
             off = self.stats.offsets[g.id]
@@ -269,8 +319,18 @@ class Pruner:
             out[g.id] = s
         return out
 
-    def _generator(self) -> torch.Generator:
-        return torch.Generator().manual_seed(self.config.seed * 100_003 + len(self.history))
+    def _tie_keys(self) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
+        """Second and third sort keys of every unit: its fisher score, then a seeded random draw.
+
+        Equal scores (a criterion that saturates, `combined`'s rank means, units never touched by a
+        gradient) are never broken by channel index, which would always remove the first channels.
+        """
+        fisher = self._per_unit(self.stats.ema_sq)
+        gen = self._generator(stream=1)
+        return {g.id: (torch.nan_to_num(fisher[g.id]), torch.rand(g.units, generator=gen)) for g in self.groups}
+
+    def _generator(self, stream: int = 0) -> torch.Generator:
+        return torch.Generator().manual_seed(self.config.seed * 100_003 + len(self.history) + stream * 7_919)
 
     def _alive_units(self, g: Group) -> torch.Tensor:
         return self.alive[g.id].view(g.units, g.unit).all(1)
@@ -285,9 +345,15 @@ class Pruner:
         if sparsity is not None:
             self._check_targets(s)
         physical = cfg.physical if physical is None else physical
+        if self.criterion.needs and not self.observed():
+            warnings.warn(
+                f"prune_to(): criterion {cfg.criterion!r} has observed no optimizer step yet, so every score is 0 and "
+                "the channels are chosen by the seeded tie-break alone (at random)",
+                stacklevel=2,
+            )
         scores = self.scores()
         select = self._select_global if cfg.scope == "global" else self._select_local
-        removals = select(scores, s, fraction)
+        removals = select(scores, self._tie_keys(), s, fraction)
         self._apply(removals, physical)
         return self.metrics()
 
@@ -322,7 +388,7 @@ class Pruner:
                 "the whole layer. Lower the sparsity or that component's budget, or exclude the group."
             )
 
-    def _select_local(self, scores: Mapping[str, torch.Tensor], sparsity: float, fraction: float) -> Dict[str, torch.Tensor]:
+    def _select_local(self, scores: Mapping[str, torch.Tensor], ties: Mapping[str, Tuple[torch.Tensor, torch.Tensor]], sparsity: float, fraction: float) -> Dict[str, torch.Tensor]:
         out = {}
         for g in self.groups:
             target = self.group_target(g, sparsity) * fraction
@@ -335,11 +401,11 @@ class Pruner:
             if need <= 0:
                 continue
             s = torch.where(alive, scores[g.id], torch.full_like(scores[g.id], float("inf")))
-            chosen = torch.argsort(s, stable=True)[:need]
+            chosen = _lexsort(s, *ties[g.id])[:need]
             out[g.id] = self._unit_channels(g, chosen)
         return out
 
-    def _select_global(self, scores: Mapping[str, torch.Tensor], sparsity: float, fraction: float) -> Dict[str, torch.Tensor]:
+    def _select_global(self, scores: Mapping[str, torch.Tensor], ties: Mapping[str, Tuple[torch.Tensor, torch.Tensor]], sparsity: float, fraction: float) -> Dict[str, torch.Tensor]:
         eligible = [g for g in self.groups if self.group_target(g, sparsity) > 0]
         total = sum(g.channels for g in eligible)
         goal = int(math.floor(total * sparsity * fraction + 0.5))
@@ -350,13 +416,14 @@ class Pruner:
             alive = self._alive_units(g)
             cap_units = self._units_to_remove(g, self.group_target(g, sparsity)) if any(c in self.config.budgets for c in g.components) else g.units - 1
             caps[g.id] = min(cap_units, g.units - 1) - int((~alive).sum())
-            s = scores[g.id]
+            s, (fisher, draw) = scores[g.id], ties[g.id]
             mean = torch.nanmean(s).clamp_min(1e-30)
+            fmean = fisher[alive].mean().clamp_min(1e-30) if bool(alive.any()) else torch.tensor(1.0)
             for u in torch.nonzero(alive).squeeze(1).tolist():
-                pool.append((float(s[u] / mean), gi, u))
+                pool.append((float(s[u] / mean), float(fisher[u] / fmean), float(draw[u]), gi, u))
         pool.sort()
         chosen: Dict[str, List[int]] = {}
-        for _, gi, u in pool:
+        for *_, gi, u in pool:
             if removed >= goal:
                 break
             g = eligible[gi]
@@ -414,11 +481,10 @@ class Pruner:
     @torch.no_grad()
     def flops(self) -> int:
         """FLOPs of one traced forward (torch.utils.flop_counter); masked channels still count."""
-        device = _device_of(self.model)
         counter = FlopCounterMode(display=False)
         if hasattr(counter, "mod_tracker"):  # totals only: per-module attribution trips over tensordict modules
             counter.mod_tracker = _GlobalOnly()
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), counter:
+        with side_effect_free(self.model), counter:
             self.forward_fn(self.model, self.example_inputs)
         return int(counter.get_total_flops())
 

@@ -6,9 +6,16 @@ Group :math:`i` of :math:`n` pressured groups gets, at step :math:`t`,
 
 so the groups are stress-tested at different times of the period :math:`T`.  The penalty
 :math:`\sum_i \lambda_i(t) \sum_c \lVert W_{i,c} \rVert_2` (with :math:`W_{i,c}` every coupled entry of
-channel :math:`c`) is applied by adding its gradient :math:`\lambda_i W_{i,c}/\lVert W_{i,c}\rVert` to
-`.grad` in the optimizer's step pre-hook -- the same as adding it to the loss, without touching
-the training loop.
+channel :math:`c`) is applied *decoupled from the optimizer*, as AdamW decouples weight decay: after
+each optimizer step the proximal operator of the group lasso shrinks every pressured channel,
+
+    :math:`W_{i,c} \leftarrow W_{i,c}\,\max\bigl(0,\; 1 - \lambda_i(t)/\lVert W_{i,c}\rVert\bigr)`,
+
+i.e. its norm falls by :math:`\lambda_i(t)` per step (to exactly zero once it is that small).  So
+`l1` means the same for SGD, Adam or RMSprop and for any learning rate: adding the lasso gradient to
+`.grad` before Adam instead lets :math:`1/\sqrt{\hat v}` rescale it, and where a weight's own
+gradient is small the penalty becomes a full learning-rate step towards zero each update.  The
+pressure is on while pruning events remain (after the last one it would only shrink kept channels).
 """
 from __future__ import annotations
 
@@ -50,18 +57,18 @@ class GroupLasso:
         return {gid: cosine_lambda(t, i, n, self.period, self.lam_max) for i, gid in enumerate(self.pressured)}
 
     @torch.no_grad()
-    def apply(self, t: float, only: Optional[Set[int]] = None) -> None:
+    def shrink(self, t: float, only: Optional[Set[int]] = None) -> None:
+        """Proximal step on the pressured channels of the tensors whose id is in `only` (or all)."""
         if self.lam_max <= 0 or not self.pressured:
             return
         stats = self.stats
-        lam = cosine_lambda(float(t), self._index, len(self.pressured), self.period, self.lam_max)  # every slot at once
-        lam = lam * stats.alive
-        live = [p for p in stats.plan if p.tensor.grad is not None and (only is None or id(p.tensor) in only)]
+        live = [p for p in stats.plan if only is None or id(p.tensor) in only]
         # norms of the pressured groups this optimizer steps (a channel's norm spans all its tensors)
         groups = {e.group for p in live for e in p.entries} & self._pressured_set
         if not groups:
             return
-        coef = lam / (stats.weight_norm(groups) + self.eps)
+        lam = cosine_lambda(float(t), self._index, len(self.pressured), self.period, self.lam_max)  # every slot at once
+        factor = (1.0 - lam * stats.alive / (stats.weight_norm(groups) + self.eps)).clamp_min_(0.0)
         for plan in live:
             t_ = plan.tensor
             for e in plan.entries:
@@ -69,10 +76,10 @@ class GroupLasso:
                     continue
                 n = t_.shape[e.dim]
                 if isinstance(e.pos, slice) and e.pos == slice(0, n) and isinstance(e.flat, slice):
-                    scale = coef[e.flat]  # every position of the dim, in slot order: a view
+                    scale = factor[e.flat]  # every position of the dim, in slot order: a view
                 else:
-                    scale = torch.zeros(n, device=t_.device, dtype=coef.dtype)
-                    scale[e.pos] = coef[e.flat]
+                    scale = torch.ones(n, device=t_.device, dtype=factor.dtype)
+                    scale[e.pos] = factor[e.flat]
                 shape = [1] * t_.dim()
                 shape[e.dim] = -1
-                t_.grad.addcmul_(t_.detach(), scale.to(t_.dtype).view(shape))
+                t_.mul_(scale.to(t_.dtype).view(shape))

@@ -9,6 +9,9 @@ from tdmpc_prune import PruneConfig, PruneConfigError, PruneError, Pruner
 from toy_models import COMPONENTS, LatentWorldModel, example_inputs, rollout
 
 
+WHOLE = {"model": ""}  # one component: a plain Sequential's hidden widths become component groups
+
+
 def _mlp():
     return nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2))
 
@@ -17,7 +20,7 @@ def _mlp():
 def test_sparsity_outside_unit_interval(value) -> None:
     with pytest.raises(PruneConfigError, match=r"sparsity must be a fraction in \[0, 1\)"):
         PruneConfig(sparsity=value)
-    pruner = Pruner(_mlp(), example_inputs=(torch.randn(2, 3),))
+    pruner = Pruner(_mlp(), components=WHOLE, example_inputs=(torch.randn(2, 3),))
     with pytest.raises(PruneConfigError, match="sparsity"):
         pruner.prune_to(value)
 
@@ -50,7 +53,7 @@ def test_component_that_matches_no_module() -> None:
 def test_model_with_no_prunable_group() -> None:
     model = nn.Sequential(nn.Linear(3, 2))
     with pytest.raises(PruneError, match="no prunable group"):
-        Pruner(model, example_inputs=(torch.randn(2, 3),))
+        Pruner(model, components=WHOLE, example_inputs=(torch.randn(2, 3),))
     with pytest.raises(PruneError, match="example_inputs"):
         Pruner(_mlp())
 
@@ -60,8 +63,8 @@ def test_budget_that_would_remove_a_whole_layer() -> None:
         PruneConfig(budgets={"dynamics": 1.0})
     model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2))
     with pytest.raises(PruneError, match="would remove all 2 channels.*whole layer"):
-        Pruner(model, example_inputs=(torch.randn(2, 3),), sparsity=0.8)  # up front, not at the first event
-    pruner = Pruner(model, example_inputs=(torch.randn(2, 3),), sparsity=0.2)
+        Pruner(model, components=WHOLE, example_inputs=(torch.randn(2, 3),), sparsity=0.8)  # up front, not at the first event
+    pruner = Pruner(model, components=WHOLE, example_inputs=(torch.randn(2, 3),), sparsity=0.2)
     with pytest.raises(PruneError, match="would remove all 2 channels.*whole layer"):
         pruner.prune_to(0.8)
     assert model[0].out_features == 2  # nothing was touched
@@ -89,11 +92,11 @@ def test_unknown_budget_component_and_bad_steps() -> None:
         Pruner(model, components=COMPONENTS, example_inputs=example_inputs(model), forward_fn=rollout, budgets={"dyn": 0.3})
     with pytest.raises(PruneConfigError, match="fraction of the run"):
         PruneConfig(start=1.5)
-    pruner = Pruner(_mlp(), example_inputs=(torch.randn(2, 3),), start=0.1)
+    pruner = Pruner(_mlp(), components=WHOLE, example_inputs=(torch.randn(2, 3),), start=0.1)
     with pytest.raises(PruneConfigError, match="total_steps"):
         pruner.step()
     with pytest.raises(PruneConfigError, match="end .* comes before start"):
-        Pruner(_mlp(), example_inputs=(torch.randn(2, 3),), start=50, end=10).attach(torch.optim.SGD(_mlp().parameters(), lr=0.1))
+        Pruner(_mlp(), components=WHOLE, example_inputs=(torch.randn(2, 3),), start=50, end=10).attach(torch.optim.SGD(_mlp().parameters(), lr=0.1))
 
 
 def test_mirror_after_pruning_and_mismatched_mirror() -> None:
@@ -104,3 +107,30 @@ def test_mirror_after_pruning_and_mismatched_mirror() -> None:
     pruner.prune_to()
     with pytest.raises(PruneError, match="before the first pruning event"):
         pruner.add_mirror(model._Qs, model._target_Qs)
+
+
+def test_default_components_protect_everything_of_a_plain_sequential() -> None:
+    """Default components are the top-level children: an nn.Sequential's widths are all coupling groups."""
+    with pytest.raises(PruneConfigError, match="nothing can be pruned.*components=.*coupling='prune'"):
+        Pruner(_mlp(), example_inputs=(torch.randn(2, 3),))
+    pruner = Pruner(_mlp(), example_inputs=(torch.randn(2, 3),), coupling="prune")
+    assert [(g.kind, g.components) for g in pruner.groups] == [("coupling", ("0", "2"))]
+
+
+def test_a_scheduled_event_before_training_begins_is_refused_at_attach() -> None:
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pruner = Pruner(model, components=WHOLE, example_inputs=(torch.randn(2, 3),), criterion="fisher", schedule="oneshot", start=50)
+    with pytest.raises(PruneConfigError, match="step 50 comes before training updates begin \\(first_step=100\\)"):
+        pruner.attach(opt, total_steps=1000, first_step=100)
+    pruner.attach(opt, total_steps=1000, first_step=40)  # after the first update: fine
+    # magnitude needs no gradient, so pruning at initialisation is allowed
+    Pruner(model, components=WHOLE, example_inputs=(torch.randn(2, 3),), criterion="magnitude", schedule="oneshot", start=0).attach(
+        opt, total_steps=1000, first_step=100
+    )
+    # an event reached with no optimizer step observed is an error, not a removal of arbitrary channels
+    other = _mlp()
+    fresh = Pruner(other, components=WHOLE, example_inputs=(torch.randn(2, 3),), criterion="fisher", schedule="oneshot", start=3)
+    fresh.attach(torch.optim.SGD(other.parameters(), lr=0.1), total_steps=10)
+    with pytest.raises(PruneError, match="before any optimizer step was observed"):
+        fresh.step(5)

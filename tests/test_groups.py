@@ -112,8 +112,8 @@ def test_concat_offsets_count_raw_inputs() -> None:
     masked, pruned = _TaskConditioned(), _TaskConditioned()
     pruned.load_state_dict(masked.state_dict())
     inputs = (torch.randn(4, 5), torch.tensor([0, 1, 2, 1]))
-    pm = Pruner(masked, example_inputs=inputs, criterion="magnitude", sparsity=0.5, physical=False)
-    pp = Pruner(pruned, example_inputs=inputs, criterion="magnitude", sparsity=0.5)
+    pm = Pruner(masked, example_inputs=inputs, criterion="magnitude", sparsity=0.5, physical=False, coupling="prune")
+    pp = Pruner(pruned, example_inputs=inputs, criterion="magnitude", sparsity=0.5, coupling="prune")
     emb_cols = next(m for m in pp._by_id["emb"].members if m.name == "body.0.weight")
     assert emb_cols.pos.tolist() == list(range(5, 13))  # after the 5 observation columns
     pm.prune_to()
@@ -121,3 +121,25 @@ def test_concat_offsets_count_raw_inputs() -> None:
     assert pruned.body[0].in_features == 5 + 4 and pruned.emb.embedding_dim == 4
     with torch.no_grad():
         assert (masked(*inputs) - pruned(*inputs)).abs().max() <= 1e-6
+
+
+def test_tracing_leaves_batchnorm_statistics_modes_and_rng_untouched() -> None:
+    """Discovery and FLOP counting run the model, but leave no trace on it."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Dropout(0.5), torch.nn.Linear(16, 2)
+    )
+    with torch.no_grad():
+        model(torch.randn(32, 4))  # running statistics that differ from their initial values
+    model[3].eval()  # a mixed train/eval state must survive as it is
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
+    inputs = (torch.randn(8, 4),)
+    rng = torch.get_rng_state()
+    pruner = Pruner(model, components={"model": ""}, example_inputs=inputs, criterion="magnitude")
+    pruner.flops()
+    pruner.metrics()
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert [m.training for m in model.modules()] == modes
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # running_mean/var and num_batches_tracked too

@@ -10,11 +10,15 @@ import torch.nn as nn
 from tdmpc_prune import Pruner
 from tdmpc_prune.importance import CRITERIA
 
+WHOLE = {"model": ""}  # one component: a plain Sequential's hidden widths are component groups
 
-def _setup(criterion: str, ema: float = 0.9, prior_strength: float = 1.0):
+
+def _setup(criterion: str, ema: float = 0.9, prior_strength: float = 1.0, posterior_decay: float = 1.0):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
-    pruner = Pruner(model, example_inputs=(torch.randn(4, 2),), criterion=criterion, ema=ema, prior_strength=prior_strength)
+    pruner = Pruner(
+        model, components=WHOLE, example_inputs=(torch.randn(4, 2),), criterion=criterion, ema=ema, prior_strength=prior_strength, posterior_decay=posterior_decay,
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     pruner.attach(opt, total_steps=100)
     return model, pruner, opt
@@ -60,22 +64,47 @@ def test_grad_and_fisher_ema() -> None:
     assert torch.allclose(pruner.scores()["0"], 0.9 * f1 + 0.1 * f2, rtol=1e-6)
 
 
-@pytest.mark.parametrize("gamma,beta0", [(0.9, 1.0), (0.5, 3.0)])
-def test_bayes_posterior_update_and_score(gamma: float, beta0: float) -> None:
-    model, pruner, opt = _setup("bayes", ema=gamma, prior_strength=beta0)
+@pytest.mark.parametrize("gamma,beta0,rho", [(0.9, 1.0, 1.0), (0.5, 3.0, 1.0), (0.9, 1.0, 0.8)])
+def test_bayes_posterior_update_and_score(gamma: float, beta0: float, rho: float) -> None:
+    model, pruner, opt = _setup("bayes", ema=gamma, prior_strength=beta0, posterior_decay=rho)
     gs = [_grads(s) for s in (1, 2, 3)]
     for g in gs:
         _step(model, opt, g)
     f = [_per_channel(torch.square, g) for g in gs]
     alpha0 = beta0 * f[0].mean()  # empirical-Bayes prior from the first observed step
-    S = gamma * (gamma * f[0] + f[1]) + f[2]
-    N = gamma * (gamma * 1 + 1) + 1
+    S = rho * (rho * f[0] + f[1]) + f[2]  # the posterior forgets by its own rho (1: whole history), not gamma
+    N = rho * (rho * 1 + 1) + 1
     mu = (alpha0 + S) / (beta0 + N)
     ema_f = gamma * (gamma * f[0] + (1 - gamma) * f[1]) + (1 - gamma) * f[2]
     post = (pruner.scores(), pruner.stats.posterior())[1]
     assert torch.allclose(post["mean"], mu, rtol=1e-5)
     assert torch.allclose(post["var"], (alpha0 + S) / (beta0 + N) ** 2, rtol=1e-5)
-    assert torch.allclose(pruner.scores()["0"], torch.log1p(mu) * (1 + ema_f), rtol=1e-5)
+    # both factors in units of the group's mean: historical activity x current sensitivity
+    expected = torch.log1p(mu / mu.mean()) * (1 + ema_f / ema_f.mean())
+    assert torch.allclose(pruner.scores()["0"], expected, rtol=1e-5)
+
+
+def _rank_after(criterion: str, schedule) -> list:
+    """Channel order (least important first) after feeding per-channel gradient energies."""
+    model, pruner, opt = _setup(criterion)
+    for energies in schedule:
+        w0, b0, w2, b2 = (torch.zeros(3, 2), torch.zeros(3), torch.zeros(1, 3), torch.zeros(1))
+        b0 += torch.tensor(energies).sqrt() * 2.0  # f_c = b0_c^2 / 4
+        _step(model, opt, (w0, b0, w2, b2))
+    return torch.argsort(pruner.scores()["0"]).tolist()
+
+
+def test_bayes_keeps_a_channel_active_early_and_silent_now_that_fisher_drops() -> None:
+    """Channel 0: very active for 40 steps, then silent for 30; channel 1: steady; channel 2: weak.
+
+    fisher (an EMA with gamma=0.9) has forgotten channel 0 after 30 silent steps (0.9^30 < 0.1) and ranks it below the
+    steady channel; the Gamma posterior remembers the whole history and bayes ranks it above."""
+    history = [[1.0, 0.1, 0.01]] * 40 + [[0.0, 0.1, 0.01]] * 30
+    assert _rank_after("fisher", history) == [2, 0, 1]
+    assert _rank_after("bayes", history) == [2, 1, 0]
+    # a channel silent throughout stays last under both, and a steady history ranks alike
+    steady = [[0.0, 0.1, 0.01]] * 30
+    assert _rank_after("fisher", steady)[0] == _rank_after("bayes", steady)[0] == 0
 
 
 def test_taylor_and_magnitude() -> None:
@@ -129,7 +158,7 @@ def test_non_finite_gradients_are_skipped_and_counted(bad: float) -> None:
 
 def test_statistics_are_per_channel_not_per_parameter() -> None:
     big = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 4))
-    pruner = Pruner(big, example_inputs=(torch.randn(2, 64),), criterion="bayes")
+    pruner = Pruner(big, components=WHOLE, example_inputs=(torch.randn(2, 64),), criterion="bayes")
     param_bytes = sum(p.numel() * p.element_size() for p in big.parameters())
     assert pruner.stats.stats_bytes() < 0.05 * param_bytes
 
@@ -142,3 +171,32 @@ def test_only_the_statistics_a_criterion_reads_are_gathered(criterion: str, need
     assert (pruner.stats.ema_abs.abs().sum() > 0) == ("abs" in needs)
     assert (pruner.stats.ema_sq.abs().sum() > 0) == ("sq" in needs)
     assert pruner.stats.track_taylor == ("taylor" in needs)
+
+
+def test_ties_are_broken_by_fisher_then_a_seeded_draw_never_by_index() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1))
+    with torch.no_grad():  # every hidden channel has the same norm: magnitude ties everywhere
+        for p in model.parameters():
+            p.fill_(0.5)
+    pruner = Pruner(model, components=WHOLE, example_inputs=(torch.randn(4, 2),), criterion="magnitude", physical=False)
+    pruner.stats.needs = {"abs", "sq"}  # the fisher key is gathered here (bayes/fisher/grad gather it themselves)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    pruner.attach(opt, total_steps=10)
+    energy = torch.tensor([5.0, 1.0, 7.0, 0.5, 3.0, 8.0, 2.0, 6.0])
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    model[0].bias.grad = energy.sqrt()
+    opt.step()
+    pruner.prune_to(0.5)
+    assert sorted(torch.nonzero(~pruner.alive["0"]).squeeze(1).tolist()) == [1, 3, 4, 6]  # the 4 lowest fisher
+    # no statistics at all: a seeded draw decides, not the channel index
+    removed = []
+    for seed in range(3):
+        fresh = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1))
+        p = Pruner(fresh, components=WHOLE, example_inputs=(torch.randn(4, 2),), criterion="random", seed=seed, physical=False)
+        p.criterion = CRITERIA["fisher"]  # all-zero scores
+        with pytest.warns(UserWarning, match="observed no optimizer step"):
+            p.prune_to(0.5)
+        removed.append(sorted(torch.nonzero(~p.alive["0"]).squeeze(1).tolist()))
+    assert [0, 1, 2, 3] not in removed and len({tuple(r) for r in removed}) > 1

@@ -94,8 +94,8 @@ def test_mlp_with_layernorm_and_two_heads(sparsity: float) -> None:
     _randomise(masked, 3)
     _randomise(pruned, 3)
     x = torch.randn(7, 6)
-    pm = Pruner(masked, example_inputs=(x,), criterion="magnitude", sparsity=sparsity, physical=False)
-    pp = Pruner(pruned, example_inputs=(x,), criterion="magnitude", sparsity=sparsity, physical=True)
+    pm = Pruner(masked, example_inputs=(x,), criterion="magnitude", sparsity=sparsity, physical=False, coupling="prune")
+    pp = Pruner(pruned, example_inputs=(x,), criterion="magnitude", sparsity=sparsity, physical=True, coupling="prune")
     pm.prune_to()
     pp.prune_to()
     with torch.no_grad():
@@ -118,7 +118,7 @@ def test_stacked_ensemble_alone() -> None:
     pruned.load_state_dict(masked.state_dict())
     x = torch.randn(8, 4)
     for model, phys in ((masked, False), (pruned, True)):
-        Pruner(model, example_inputs=(x,), criterion="random", sparsity=0.5, physical=phys).prune_to()
+        Pruner(model, example_inputs=(x,), criterion="random", sparsity=0.5, physical=phys, coupling="prune").prune_to()
     assert pruned[0].out_features == 2  # the ensemble's input channels are a group too
     assert pruned[1].tensor_dict()["0.weight"].shape == (4, 8, 2)
     assert pruned[1].template[1].normalized_shape == (8,)

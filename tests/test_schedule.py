@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 import torch
 import torch.nn as nn
 
@@ -38,26 +40,64 @@ def test_cosine_pressure_phases() -> None:
     assert math.isclose(cosine_lambda(17.0, 1, n, T, lam), lam * (1 - math.cos(2 * math.pi * (17 + 25) / T)) / 2)
 
 
-def test_group_lasso_gradient_is_added_at_the_optimizer_step() -> None:
+def _channel_norms(model: nn.Module) -> torch.Tensor:
+    w0, b0, w2 = model[0].weight, model[0].bias, model[2].weight
+    return torch.sqrt((w0**2).sum(1) + b0**2 + (w2**2).sum(0))
+
+
+@pytest.mark.parametrize("make_opt", [lambda p: torch.optim.SGD(p, lr=0.0), lambda p: torch.optim.Adam(p, lr=1e-3)])
+def test_group_lasso_is_a_proximal_shrink_after_the_step_whatever_the_optimizer(make_opt) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
-    pruner = Pruner(model, example_inputs=(torch.randn(2, 3),), l1=0.5, l1_period=8, criterion="grad")
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    pruner = Pruner(model, components={"model": ""}, example_inputs=(torch.randn(2, 3),), l1=0.5, l1_period=8, criterion="grad")
+    opt = make_opt(model.parameters())
     pruner.attach(opt, total_steps=100)
     pruner.clock = 3
+    before = {k: p.detach().clone() for k, p in model.named_parameters()}
+    norm = _channel_norms(model).detach()
     for p in model.parameters():
-        p.grad = torch.zeros_like(p)
+        p.grad = torch.zeros_like(p)  # no task gradient: Adam and SGD leave the weights alone
     opt.step()
     lam = cosine_lambda(3, 0, 1, 8, 0.5)
-    w0, b0, w2 = model[0].weight, model[0].bias, model[2].weight
-    norm = torch.sqrt((w0**2).sum(1) + b0**2 + (w2**2).sum(0))
-    assert torch.allclose(w0.grad, lam * w0 / norm[:, None], atol=1e-6)
-    assert torch.allclose(b0.grad, lam * b0 / norm, atol=1e-6)
-    assert torch.allclose(w2.grad, lam * w2 / norm[None, :], atol=1e-6)
-    assert torch.all(model[2].bias.grad == 0)  # the output bias belongs to no group
+    factor = (1 - lam / norm).clamp_min(0)
+    assert bool((factor > 0).all() and (factor < 1).all())
+    assert torch.allclose(model[0].weight, before["0.weight"] * factor[:, None], atol=1e-6)
+    assert torch.allclose(model[0].bias, before["0.bias"] * factor, atol=1e-6)
+    assert torch.allclose(model[2].weight, before["2.weight"] * factor[None, :], atol=1e-6)
+    assert torch.allclose(_channel_norms(model), norm - lam, atol=1e-5)  # each channel's norm fell by lambda(t)
+    assert torch.equal(model[2].bias, before["2.bias"])  # the output bias belongs to no group
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in model.parameters())  # .grad is left alone
     # the statistics saw the task gradient (zero), not the penalty
     pruner.stats.commit()
     assert torch.all(pruner.stats.ema_abs == 0)
+
+
+def test_group_lasso_zeroes_a_small_channel_and_stops_after_the_last_event() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[0].weight[1] *= 1e-3
+        model[0].bias[1] *= 1e-3
+        model[2].weight[:, 1] *= 1e-3
+    pruner = Pruner(
+        model, components={"model": ""}, example_inputs=(torch.randn(2, 3),), l1=0.5, l1_period=8, criterion="grad",
+        schedule="oneshot", start=5, sparsity=0.25,
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    pruner.attach(opt, total_steps=100)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    pruner.clock = 3
+    opt.step()
+    assert _channel_norms(model)[1] == 0  # prox of a norm below lambda is exactly zero
+    for t in range(4, 7):
+        opt.step()
+        pruner.step(t)  # the one-shot event fires at 5
+    assert model[0].out_features == 3
+    frozen = {k: p.detach().clone() for k, p in model.named_parameters()}
+    pruner.clock = 7
+    opt.step()
+    assert all(torch.equal(p, frozen[k]) for k, p in model.named_parameters())  # no pressure once pruning is done
 
 
 def test_pressure_off_by_default_and_budget_schedule_through_step() -> None:
@@ -105,20 +145,21 @@ def test_each_pressured_group_gets_its_own_phase_and_l1_zero_leaves_gradients_al
     peaks = {gid: max(range(T), key=lambda t: pruner.lasso.lambdas(t)[gid]) for gid in pressured}
     assert len(set(peaks.values())) == n
 
-    # the gradient the optimizer step adds has each group's own lambda: the pi hidden bias belongs to
-    # one group only, so its penalty gradient is lambda_i(t) * b / ||channel||
+    # the shrink after the optimizer step has each group's own lambda: the pi hidden bias belongs to
+    # one group only, so it is scaled by max(0, 1 - lambda_i(t) / ||channel||)
     t, gid = 11, "_pi.0"
     i = pressured.index(gid)
     assert i > 0
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     pruner.clock = t
-    pruner.optimizers[0].step()
     off, width = pruner.stats.offsets[gid], pruner._by_id[gid].channels
     norm = pruner.stats.weight_norm({gid})[off : off + width]
+    bias = model._pi[0].bias.detach().clone()
+    pruner.optimizers[0].step()
     lam = cosine_lambda(t, i, n, T, lam_max)
-    assert torch.allclose(model._pi[0].bias.grad, lam * model._pi[0].bias.detach() / norm, rtol=1e-5, atol=1e-9)
-    assert model._pi[0].bias.grad.abs().max() > 0
+    assert torch.allclose(model._pi[0].bias, bias * (1 - lam / norm).clamp_min(0), rtol=1e-5, atol=1e-9)
+    assert not torch.equal(model._pi[0].bias, bias)
 
     # l1 = 0 (the default): the optimizer steps on exactly the task gradient
     plain = LatentWorldModel()

@@ -112,7 +112,7 @@ def test_masks_stay_exact_zeros_while_training() -> None:
     model = LatentWorldModel()
     opt = torch.optim.Adam([p for p in model.parameters()], lr=1e-2)
     inputs = example_inputs(model)
-    pruner = Pruner(model, example_inputs=inputs, forward_fn=rollout, criterion="grad", sparsity=0.5, physical=False)
+    pruner = Pruner(model, example_inputs=inputs, forward_fn=rollout, criterion="grad", sparsity=0.5, physical=False, coupling="prune")
     pruner.attach(opt, total_steps=10)
     pruner.prune_to()
     for _ in range(3):
