@@ -48,6 +48,7 @@ class PruneConfig:
     prior_strength: float = 1.0  # beta_0 of the Gamma prior (pseudo-observations)
     posterior_decay: float = 1.0  # rho: forgetting of the Gamma posterior per step (1 = the whole history)
     compensate: bool = False  # fold a removed channel's mean activation into the next layer's bias
+    observe: Sequence[str] = ()  # criteria whose statistics are gathered too ("all": every one), to compare them after one run
     exclude: Sequence[str] = ()  # module names whose output channels are never pruned
     seed: int = 0  # seed of the random criterion
 
@@ -87,6 +88,11 @@ class PruneConfig:
             raise PruneConfigError(f"prior_strength must be > 0, got {self.prior_strength!r}")
         if not (isinstance(self.posterior_decay, (int, float)) and 0.0 < self.posterior_decay <= 1.0):
             raise PruneConfigError(f"posterior_decay must be in (0, 1] (1 keeps the whole history), got {self.posterior_decay!r}")
+        if isinstance(self.observe, str):
+            self.observe = (self.observe,)
+        for name in self.observe:
+            if name != "all" and name not in CRITERIA:
+                raise PruneConfigError(f"observe: unknown criterion {name!r}; choose from all, {', '.join(CRITERIA)}.{_near(str(name), CRITERIA)}")
         if isinstance(self.exclude, str):
             self.exclude = (self.exclude,)
         return self
@@ -112,6 +118,7 @@ class PruneConfig:
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
         d["exclude"] = list(self.exclude)
+        d["observe"] = list(self.observe)
         return d
 
     @classmethod

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .compensate import BiasCompensation
 from .config import PruneConfig
 from .ensemble import StackedEnsemble
 from .errors import PruneConfigError, PruneError
@@ -126,8 +127,11 @@ class Pruner:
         self._register_implicit_mirrors()
         self.stats = ChannelStats(groups, config.ema, config.prior_strength, device, config.posterior_decay)
         self.criterion = CRITERIA[config.criterion]
-        self.stats.track_taylor = self.criterion.uses_taylor
-        self.stats.needs = set(self.criterion.needs)
+        observed = CRITERIA.values() if "all" in config.observe else [CRITERIA[c] for c in config.observe]
+        needs = set(self.criterion.needs).union(*(c.needs for c in observed))
+        self.stats.track_taylor = "taylor" in needs
+        self.stats.needs = needs - {"taylor"}
+        self.compensation = BiasCompensation(model, groups, config.ema) if config.compensate else None
         self.alive: Dict[str, torch.Tensor] = {g.id: torch.ones(g.channels, dtype=torch.bool) for g in groups}
         self.history: List[Dict[str, Any]] = []
         self.clock = 0
@@ -285,6 +289,20 @@ class Pruner:
             )
         return self.prune_to(fraction=frac)
 
+    def use_criterion(self, name: str) -> None:
+        """Rank by another criterion from now on (its statistics must have been gathered: `observe`)."""
+        if name not in CRITERIA:
+            PruneConfig(criterion=name)  # raises the standard message with suggestions
+        crit = CRITERIA[name]
+        missing = set(crit.needs) - self.stats.needs - ({"taylor"} if self.stats.track_taylor else set())
+        if missing:
+            raise PruneConfigError(
+                f"criterion {name!r} needs the statistics {sorted(missing)}, which this pruner did not gather: "
+                f"create it with observe=[{name!r}] (or observe=['all'])"
+            )
+        self.criterion = crit
+        self.config.criterion = name
+
     def observed(self) -> bool:
         """Whether the statistics have seen at least one (finite) optimizer step."""
         self.stats.commit()
@@ -436,6 +454,8 @@ class Pruner:
 
     def _apply(self, removals: Mapping[str, torch.Tensor], physical: bool) -> None:
         removals = {gid: ch for gid, ch in removals.items() if ch.numel()}
+        if self.compensation is not None and removals:
+            self.compensation.fold(removals, self.surgeon)
         for gid, ch in removals.items():
             self.alive[gid][ch] = False
         self._register_implicit_mirrors()  # views the model re-created since (e.g. after .to() or a load)

@@ -8,6 +8,7 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import HParam, Image, Logger
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 from ..config import PruneConfig
 from ..errors import PruneConfigError
@@ -35,6 +36,16 @@ class LoggerSink:
 
     def image(self, tag: str, image_hwc: np.ndarray, step: int) -> None:
         self.logger.record(tag, Image(image_hwc, "HWC"), exclude=TENSORBOARD_ONLY)
+
+
+def first_update(model: Any) -> int:
+    """The timestep at which the first gradient update happens: fractions of the run count from there.
+
+    Off-policy algorithms train only after `learning_starts`; on-policy ones after their first rollout.
+    """
+    if isinstance(model, OnPolicyAlgorithm):
+        return int(model.n_steps * model.n_envs)
+    return int(getattr(model, "learning_starts", 0))
 
 
 class PruningCallback(BaseCallback):
@@ -91,8 +102,7 @@ class PruningCallback(BaseCallback):
                 stacklevel=2,
             )
         total = self.total_timesteps or pruner.total_steps or int(self.locals["total_timesteps"])
-        # off-policy algorithms train only after `learning_starts`: fractions of the run count from there
-        pruner.attach(optimizers(self.model), total_steps=total, first_step=int(getattr(self.model, "learning_starts", 0)))
+        pruner.attach(optimizers(self.model), total_steps=total, first_step=first_update(self.model))
         self.logger.record(
             "hparams", HParam(prune_hparams(pruner), {"prune/sparsity": 0.0, "rollout/ep_rew_mean": 0.0}), exclude=TENSORBOARD_ONLY
         )
