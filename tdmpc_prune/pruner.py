@@ -303,6 +303,13 @@ class Pruner:
         self.criterion = crit
         self.config.criterion = name
 
+    def use_compensation(self, on: bool = True) -> None:
+        """Start (or stop) tracking consumers' mean inputs and folding removed channels into their biases."""
+        if self.compensation is not None:
+            self.compensation.remove()
+        self.compensation = BiasCompensation(self.model, self.groups, self.config.ema) if on else None
+        self.config.compensate = bool(on)
+
     def observed(self) -> bool:
         """Whether the statistics have seen at least one (finite) optimizer step."""
         self.stats.commit()

@@ -1,0 +1,110 @@
+"""Result rows of the evidence grids: one CSV schema, resumable appends, rliable aggregation.
+
+Every row is one run: `algo,env,criterion,sparsity,seed,l1,protocol,eval_return,seconds,commit,command`.
+`commit` is the project commit the row ran at; `command` re-runs exactly that row from a clean
+checkout and prints, as its last line, JSON with at least `eval_return`.
+
+Aggregation follows Agarwal et al. (2021) through `rliable`: interquartile mean (IQM) over seeds
+with 95 % stratified-bootstrap confidence intervals, and the probability of improvement.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+COLUMNS = ["algo", "env", "criterion", "sparsity", "seed", "l1", "protocol", "eval_return", "seconds", "commit", "command"]
+Key = Tuple[str, str, str, float, int, float, str]
+
+
+def key(row: Mapping[str, object]) -> Key:
+    return (
+        str(row["algo"]), str(row["env"]), str(row["criterion"]), round(float(row["sparsity"]), 4),
+        int(row["seed"]), float(row["l1"]), str(row["protocol"]),
+    )
+
+
+def read(path: Path) -> List[Dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and list(rows[0].keys()) != COLUMNS:
+        raise SystemExit(f"{path}: columns {list(rows[0].keys())} are not {COLUMNS}; move the old file away")
+    return rows
+
+
+def done(path: Path) -> set:
+    return {key(r) for r in read(path)}
+
+
+def append(path: Path, row: Mapping[str, object]) -> None:
+    """Append one row (header first if the file is new) and flush it to disk at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists() or path.stat().st_size == 0
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        if new:
+            w.writeheader()
+        w.writerow({c: row[c] for c in COLUMNS})
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def commit_of(root: Path) -> str:
+    """The project commit the code runs at (`+dirty` when the tree has uncommitted changes)."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+# ------------------------------------------------------------------------------------ aggregation
+def cells(rows: Iterable[Mapping[str, str]], group: Sequence[str]) -> Dict[tuple, Dict[int, float]]:
+    """{cell key over `group` columns: {seed: eval_return}}."""
+    out: Dict[tuple, Dict[int, float]] = {}
+    for r in rows:
+        out.setdefault(tuple(r[c] for c in group), {})[int(r["seed"])] = float(r["eval_return"])
+    return out
+
+
+def iqm_ci(scores: Mapping[str, np.ndarray], reps: int = 2000, seed: int = 0) -> Dict[str, Tuple[float, float, float]]:
+    """{name: (IQM, CI low, CI high)}: rliable's IQM with 95 % stratified-bootstrap intervals.
+
+    `scores[name]` is an array (runs,) or (runs, tasks) of returns (normalised when tasks are mixed).
+    """
+    from rliable import library as rly
+    from rliable import metrics
+
+    np.random.seed(seed)  # rliable's bootstrap draws from numpy's global RNG
+    data = {k: np.asarray(v, dtype=float).reshape(len(v), -1) for k, v in scores.items() if len(v)}
+    point, interval = rly.get_interval_estimates(data, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps)
+    return {k: (float(point[k][0]), float(interval[k][0][0]), float(interval[k][1][0])) for k in data}
+
+
+def probability_of_improvement(x: np.ndarray, y: np.ndarray, reps: int = 2000, seed: int = 0) -> Tuple[float, float, float]:
+    """P(X > Y) over runs (rliable), with its 95 % stratified-bootstrap interval."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    np.random.seed(seed)
+    pair = {"x,y": (np.asarray(x, float).reshape(len(x), -1), np.asarray(y, float).reshape(len(y), -1))}
+    point, interval = rly.get_interval_estimates(pair, metrics.probability_of_improvement, reps=reps)
+    return float(point["x,y"]), float(interval["x,y"][0]), float(interval["x,y"][1])
+
+
+def normalise(returns: np.ndarray, dense: float, floor: float) -> np.ndarray:
+    """Score 0 at `floor` (e.g. a random policy) and 1 at the dense agent's return of the same seed."""
+    return (np.asarray(returns, float) - floor) / max(1e-9, dense - floor)
+
+
+def fmt_ci(v: Optional[Tuple[float, float, float]], digits: int = 0) -> str:
+    if v is None:
+        return "–"
+    return f"{v[0]:.{digits}f} [{v[1]:.{digits}f}, {v[2]:.{digits}f}]"

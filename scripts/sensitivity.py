@@ -1,0 +1,240 @@
+#!/usr/bin/env python
+"""Sensitivity protocol: which criterion's channels can an already trained agent lose?
+
+For each seed, one dense agent is trained with the pruner attached in observe-only mode
+(`sparsity=0`, `observe=["all"]`: every criterion's statistics are gathered from the training
+gradients, nothing is removed) and saved.  Then for each criterion and sparsity a copy is pruned
+one-shot (physically) and evaluated with deterministic actions:
+
+* `oneshot`      as is;
+* `compensated`  as is, with each removed channel's mean activation (over 2000 on-policy
+                 observations) folded into the next layer's bias (`compensate=True`);
+* `finetune`     after a short fine-tune (`--finetune` of the training steps, default 5 %).
+
+One training run per seed serves every cell.  Rows go to `--csv` as they finish (the grid resumes
+from it: rows already there are skipped, the dense checkpoints are reused from `--workdir`).
+
+    python scripts/sensitivity.py --algo ppo --env HalfCheetah-v5 --seeds 0-9 --csv docs/sensitivity_ppo.csv
+    python scripts/sensitivity.py --report docs/sensitivity_ppo.csv        # rliable table + plot
+    # one row, from a clean checkout (trains the dense agent if --workdir has none), JSON last line:
+    python scripts/sensitivity.py --algo ppo --env HalfCheetah-v5 --seeds 3 --criteria fisher --sparsities 0.9 --protocols finetune
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import results  # noqa: E402
+import sb3_tasks  # noqa: E402
+
+CRITERIA = ["grad", "fisher", "bayes", "combined", "taylor", "magnitude", "random"]
+SPARSITIES = [0.5, 0.75, 0.9, 0.95]
+PROTOCOLS = ["dense", "oneshot", "compensated", "finetune"]
+OBSERVER = dict(criterion="bayes", sparsity=0.0, observe=["all"], l1=0.0, heatmap=False, log_freq=10**9)
+
+
+def parse_seeds(text: str) -> List[int]:
+    out: List[int] = []
+    for part in text.split(","):
+        a, _, b = part.partition("-")
+        out.extend(range(int(a), int(b) + 1) if b else [int(a)])
+    return out
+
+
+def dense_dir(args: argparse.Namespace, seed: int) -> Path:
+    return Path(args.workdir) / f"{args.algo}-{args.env}-s{seed}-{args.steps}" / "dense"
+
+
+def train_dense(args: argparse.Namespace, seed: int, say) -> float:
+    """Train (or reuse) the observed dense agent of `seed`; returns the training seconds (0 if reused)."""
+    import torch as th
+
+    from tdmpc_prune.sb3 import wrap
+
+    path = dense_dir(args, seed)
+    if (path / "model.zip").exists():
+        return 0.0
+    th.manual_seed(seed)
+    model, venv = sb3_tasks.make_model(args.algo, args.env, seed)
+    model = wrap(model, **OBSERVER)
+    say(f"seed {seed}: training the observed dense agent, {args.steps} steps")
+    t0 = time.time()
+    model.learn(args.steps)
+    seconds = time.time() - t0
+    sb3_tasks.save(model, venv, path)
+    (path / "train_seconds.txt").write_text(f"{seconds:.1f}\n")
+    return seconds
+
+
+def run_cell(args: argparse.Namespace, seed: int, criterion: str, sparsity: float, protocol: str, say) -> Dict[str, Any]:
+    from tdmpc_prune.sb3 import get_pruner
+
+    path = dense_dir(args, seed)
+    t0 = time.time()
+    model, venv = sb3_tasks.load(args.algo, args.env, seed, path, training=(protocol == "finetune"))
+    info: Dict[str, Any] = {}
+    if protocol != "dense":
+        pruner = get_pruner(model)  # the observer, with every criterion's statistics of the whole run
+        pruner.use_criterion(criterion)
+        if protocol == "compensated":
+            pruner.use_compensation()
+            sb3_tasks.calibrate(model, sb3_tasks.observations(model, args.env, seed, venv, args.calibration))
+        report = pruner.prune_to(sparsity=sparsity)
+        info = {"params_ratio": report["params_ratio"], "flops_ratio": report.get("flops_ratio")}
+        if protocol == "finetune":
+            steps = int(round(args.finetune * args.steps))
+            model.learn(steps, reset_num_timesteps=False)
+            info["finetune_steps"] = steps
+    ret = sb3_tasks.evaluate(model, args.env, seed, venv, args.episodes)
+    seconds = time.time() - t0
+    if protocol == "dense":
+        trained = path / "train_seconds.txt"
+        seconds += float(trained.read_text()) if trained.exists() else 0.0
+    say(f"seed {seed} {protocol:<11} {criterion:<9} {sparsity:.2f}: return {ret:9.1f}  ({seconds:.0f} s)")
+    return {"eval_return": ret, "seconds": seconds, **info}
+
+
+def row_command(args: argparse.Namespace, seed: int, criterion: str, sparsity: float, protocol: str) -> str:
+    cell = f"--criteria {criterion} --sparsities {sparsity:g}" if protocol != "dense" else ""
+    return (
+        f"python scripts/sensitivity.py --algo {args.algo} --env {args.env} --steps {args.steps} --seeds {seed} "
+        f"--protocols {protocol} {cell} --episodes {args.episodes} --finetune {args.finetune:g}"
+    ).replace("  ", " ")
+
+
+def grid(args: argparse.Namespace) -> None:
+    say = sb3_tasks.progress_printer("sensitivity")
+    csv_path = Path(args.csv) if args.csv else None
+    done = results.done(csv_path) if csv_path else set()
+    commit = results.commit_of(ROOT)
+    last: Optional[Dict[str, Any]] = None
+    for protocol in args.protocols:
+        for seed in args.seeds:
+            cells = [("dense", 0.0)] if protocol == "dense" else [(c, s) for s in args.sparsities for c in args.criteria]
+            for criterion, sparsity in cells:
+                row = dict(algo=args.algo, env=args.env, criterion=criterion, sparsity=sparsity, seed=seed, l1=0.0, protocol=protocol)
+                if results.key(row) in done:
+                    continue
+                train_dense(args, seed, say)
+                out = run_cell(args, seed, criterion, sparsity, protocol, say)
+                row.update(eval_return=round(out["eval_return"], 3), seconds=round(out["seconds"], 1), commit=commit,
+                           command=row_command(args, seed, criterion, sparsity, protocol))
+                if csv_path:
+                    results.append(csv_path, row)
+                last = {**row, **out}
+    print(json.dumps(last if last is not None else {"eval_return": None, "note": "every selected row is already in the CSV"}))
+
+
+# ------------------------------------------------------------------------------------ report
+def report(paths: List[str], out_dir: Path) -> None:
+    """Markdown table (IQM of the return as a share of each seed's dense return, 95 % CIs) and plots."""
+    import numpy as np
+
+    rows = [r for p in paths for r in results.read(Path(p))]
+    lines: List[str] = []
+    summary: Dict[str, Any] = {}
+    for (algo, env) in sorted({(r["algo"], r["env"]) for r in rows}):
+        mine = [r for r in rows if r["algo"] == algo and r["env"] == env]
+        dense = {int(r["seed"]): float(r["eval_return"]) for r in mine if r["protocol"] == "dense"}
+        if not dense:
+            continue
+        seeds = sorted(dense)
+        lines += [f"### {algo.upper()} {env} — {len(seeds)} seeds, dense IQM {np.percentile(list(dense.values()), 50):.0f} (median)", ""]
+        for protocol in [p for p in PROTOCOLS[1:] if any(r["protocol"] == p for r in mine)]:
+            sub = [r for r in mine if r["protocol"] == protocol]
+            sparsities = sorted({float(r["sparsity"]) for r in sub})
+            crits = [c for c in CRITERIA if any(r["criterion"] == c for r in sub)]
+            lines += [f"**{protocol}** — IQM of return ÷ dense return (same seed), 95 % stratified-bootstrap CI; n = seeds", ""]
+            lines += ["| criterion | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |", "|---|" + "---|" * len(sparsities)]
+            table: Dict[str, Dict[float, Any]] = {}
+            for c in crits:
+                table[c] = {}
+                for s in sparsities:
+                    vals = {int(r["seed"]): float(r["eval_return"]) for r in sub if r["criterion"] == c and float(r["sparsity"]) == s}
+                    ratio = np.array([vals[k] / max(1e-9, dense[k]) for k in sorted(vals) if k in dense])
+                    table[c][s] = (results.iqm_ci({c: ratio})[c], len(ratio)) if len(ratio) else None
+            for c in crits:
+                cells = [f"{results.fmt_ci(v[0], 2)} (n={v[1]})" if v else "–" for v in (table[c][s] for s in sparsities)]
+                lines.append(f"| {c} | " + " | ".join(cells) + " |")
+            lines.append("")
+            summary[f"{algo}/{env}/{protocol}"] = {c: {f"{s:g}": (table[c][s][0] if table[c][s] else None) for s in sparsities} for c in crits}
+            _plot(table, sparsities, f"{algo.upper()} {env} — {protocol}", out_dir / f"sensitivity_{algo}_{env}_{protocol}.png")
+    text = "\n".join(lines)
+    (out_dir / "sensitivity.md").write_text(text + "\n")
+    print(text)
+    print(json.dumps(summary))
+
+
+def _plot(table: Dict[str, Dict[float, Any]], sparsities: List[float], title: str, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for c, by_s in table.items():
+        xs = [s for s in sparsities if by_s[s]]
+        if not xs:
+            continue
+        mid = [by_s[s][0][0] for s in xs]
+        lo = [by_s[s][0][1] for s in xs]
+        hi = [by_s[s][0][2] for s in xs]
+        ax.plot(xs, mid, marker="o", label=c)
+        ax.fill_between(xs, lo, hi, alpha=0.15)
+    ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax.set_xlabel("sparsity (fraction of hidden channels removed)")
+    ax.set_ylabel("IQM return / dense return (95 % CI)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--algo", choices=["ppo", "sac"], default="ppo")
+    ap.add_argument("--env", default="HalfCheetah-v5")
+    ap.add_argument("--steps", type=int, default=None, help="training steps of the dense agent (default: PPO 1M, SAC 100k)")
+    ap.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0-9"))
+    ap.add_argument("--criteria", type=lambda s: s.split(","), default=CRITERIA)
+    ap.add_argument("--sparsities", type=lambda s: [float(x) for x in s.split(",")], default=SPARSITIES)
+    ap.add_argument("--protocols", type=lambda s: s.split(","), default=PROTOCOLS)
+    ap.add_argument("--episodes", type=int, default=10, help="deterministic evaluation episodes per row")
+    ap.add_argument("--finetune", type=float, default=0.05, help="fine-tune length as a fraction of --steps")
+    ap.add_argument("--calibration", type=int, default=2000, help="on-policy observations for the compensated means")
+    ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "tdmpc_prune_sensitivity"), help="dense checkpoints")
+    ap.add_argument("--csv", default=None, help="append rows here (resumes: rows already present are skipped)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--report", nargs="*", default=None, help="CSV files to aggregate (no training)")
+    ap.add_argument("--out", default=str(ROOT / "docs"), help="where --report writes sensitivity.md and the plots")
+    args = ap.parse_args(argv)
+    if args.report is not None:
+        report(args.report, Path(args.out))
+        return
+    for p in args.protocols:
+        if p not in PROTOCOLS:
+            raise SystemExit(f"unknown protocol {p!r}; choose from {', '.join(PROTOCOLS)}")
+    for c in args.criteria:
+        if c not in CRITERIA:
+            raise SystemExit(f"unknown criterion {c!r}; choose from {', '.join(CRITERIA)}")
+    args.steps = args.steps or sb3_tasks.default_steps(args.algo)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    grid(args)
+
+
+if __name__ == "__main__":
+    main()
