@@ -51,7 +51,7 @@ def parse_seeds(text: str) -> List[int]:
 
 
 def dense_dir(args: argparse.Namespace, seed: int) -> Path:
-    return Path(args.workdir) / f"{args.algo}-{args.env}-s{seed}-{args.steps}" / "dense"
+    return Path(args.workdir) / f"{args.algo}{'-zoo' if args.zoo else ''}-{args.env}-s{seed}-{args.steps}" / "dense"
 
 
 def train_dense(args: argparse.Namespace, seed: int, say) -> float:
@@ -64,7 +64,7 @@ def train_dense(args: argparse.Namespace, seed: int, say) -> float:
     if (path / "model.zip").exists():
         return 0.0
     th.manual_seed(seed)
-    model, venv = sb3_tasks.make_model(args.algo, args.env, seed)
+    model, venv = sb3_tasks.make_model(args.algo, args.env, seed, zoo=args.zoo)
     model = wrap(model, **OBSERVER)
     say(f"seed {seed}: training the observed dense agent, {args.steps} steps")
     t0 = time.time()
@@ -107,7 +107,7 @@ def row_command(args: argparse.Namespace, seed: int, criterion: str, sparsity: f
     cell = f"--criteria {criterion} --sparsities {sparsity:g}" if protocol != "dense" else ""
     return (
         f"python scripts/sensitivity.py --algo {args.algo} --env {args.env} --steps {args.steps} --seeds {seed} "
-        f"--protocols {protocol} {cell} --episodes {args.episodes} --finetune {args.finetune:g}"
+        f"--protocols {protocol} {cell} --episodes {args.episodes} --finetune {args.finetune:g}{' --zoo' if args.zoo else ''}"
     ).replace("  ", " ")
 
 
@@ -121,7 +121,7 @@ def grid(args: argparse.Namespace) -> None:
         for seed in args.seeds:
             cells = [("dense", 0.0)] if protocol == "dense" else [(c, s) for s in args.sparsities for c in args.criteria]
             for criterion, sparsity in cells:
-                row = dict(algo=args.algo, env=args.env, criterion=criterion, sparsity=sparsity, seed=seed, l1=0.0, protocol=protocol)
+                row = dict(algo=args.algo + ("-zoo" if args.zoo else ""), env=args.env, criterion=criterion, sparsity=sparsity, seed=seed, l1=0.0, protocol=protocol)
                 if results.key(row) in done:
                     continue
                 train_dense(args, seed, say)
@@ -211,6 +211,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--criteria", type=lambda s: s.split(","), default=CRITERIA)
     ap.add_argument("--sparsities", type=lambda s: [float(x) for x in s.split(",")], default=SPARSITIES)
     ap.add_argument("--protocols", type=lambda s: s.split(","), default=PROTOCOLS)
+    ap.add_argument("--zoo", action="store_true", help="PPO with rl-zoo3's tuned settings instead of SB3's defaults")
     ap.add_argument("--episodes", type=int, default=10, help="deterministic evaluation episodes per row")
     ap.add_argument("--finetune", type=float, default=0.05, help="fine-tune length as a fraction of --steps")
     ap.add_argument("--calibration", type=int, default=2000, help="on-policy observations for the compensated means")

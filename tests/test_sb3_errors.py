@@ -85,7 +85,7 @@ def test_other_options_on_a_model_already_pruning() -> None:
     model = wrap(make("ppo"), criterion="bayes", **SCHEDULE)
     with pytest.raises(PruneError, match="already being pruned.*same options"):
         model.learn(64, callback=PruningCallback(criterion="magnitude"))
-    model.learn(64, callback=PruningCallback())  # no options: reuse the model's
+    model.learn(128, callback=PruningCallback())  # no options: reuse the model's
 
 
 def test_load_of_a_dense_model(tmp_path) -> None:
