@@ -96,7 +96,8 @@ def probability_of_improvement(x: np.ndarray, y: np.ndarray, reps: int = 2000, s
     np.random.seed(seed)
     pair = {"x,y": (np.asarray(x, float).reshape(len(x), -1), np.asarray(y, float).reshape(len(y), -1))}
     point, interval = rly.get_interval_estimates(pair, metrics.probability_of_improvement, reps=reps)
-    return float(point["x,y"]), float(interval["x,y"][0]), float(interval["x,y"][1])
+    lo, hi = np.ravel(interval["x,y"])[:2]
+    return float(np.ravel(point["x,y"])[0]), float(lo), float(hi)
 
 
 def normalise(returns: np.ndarray, dense: float, floor: float) -> np.ndarray:

@@ -281,7 +281,8 @@ class Pruner:
         frac = self.schedule.due(self.clock)
         if frac is None:
             return None
-        if self.criterion.needs and not self.observed():
+        removes = any(self.group_target(g, self.config.sparsity) > 0 for g in self.groups)
+        if removes and self.criterion.needs and not self.observed():
             raise PruneError(
                 f"a pruning event fired at step {self.clock} before any optimizer step was observed: criterion "
                 f"{self.config.criterion!r} would rank on no statistics. attach() the pruner to the optimizer that trains "

@@ -1,0 +1,66 @@
+"""The evidence scripts on a real MuJoCo task: rows, resumption, the `command` contract, rliable report."""
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import results  # noqa: E402
+import sensitivity  # noqa: E402
+
+TINY = ["--algo", "ppo", "--env", "HalfCheetah-v5", "--steps", "2048", "--seeds", "0", "--episodes", "1", "--calibration", "64"]
+
+
+def test_sensitivity_rows_resume_and_rerun_from_their_command(tmp_path, capsys) -> None:
+    csv_path, work = tmp_path / "sens.csv", tmp_path / "work"
+    args = TINY + ["--criteria", "bayes,magnitude", "--sparsities", "0.9", "--finetune", "0.5", "--workdir", str(work), "--csv", str(csv_path)]
+    sensitivity.main(args)
+    rows = results.read(csv_path)
+    assert [(r["criterion"], r["protocol"]) for r in rows] == [
+        ("dense", "dense"), ("bayes", "oneshot"), ("magnitude", "oneshot"), ("bayes", "compensated"),
+        ("magnitude", "compensated"), ("bayes", "finetune"), ("magnitude", "finetune"),
+    ]
+    assert list(rows[0]) == results.COLUMNS and all(r["commit"] for r in rows)
+    first = {results.key(r): r["eval_return"] for r in rows}
+    capsys.readouterr()
+    sensitivity.main(args)  # everything is there: nothing re-runs
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["eval_return"] is None
+    assert {results.key(r): r["eval_return"] for r in results.read(csv_path)} == first
+
+    # a row's command re-runs exactly that row (here from this checkout, its dense agent trained again)
+    row = next(r for r in rows if r["protocol"] == "oneshot" and r["criterion"] == "bayes")
+    cmd = shlex.split(row["command"])
+    assert cmd[:2] == ["python", "scripts/sensitivity.py"]
+    out = subprocess.run(
+        [sys.executable, *cmd[1:], "--calibration", "64", "--workdir", str(tmp_path / "fresh")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    again = json.loads(out.stdout.strip().splitlines()[-1])
+    assert again["eval_return"] == pytest.approx(float(row["eval_return"]), abs=1e-3)
+
+    # the report aggregates with rliable and writes the table and plots
+    sensitivity.main(["--report", str(csv_path), "--out", str(tmp_path)])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(summary) == {"ppo/HalfCheetah-v5/oneshot", "ppo/HalfCheetah-v5/compensated", "ppo/HalfCheetah-v5/finetune"}
+    assert "IQM" in (tmp_path / "sensitivity.md").read_text()
+    assert (tmp_path / "sensitivity_ppo_HalfCheetah-v5_oneshot.png").stat().st_size > 0
+
+
+def test_iqm_intervals_come_from_rliable() -> None:
+    import numpy as np
+
+    x = np.array([1.0, 2.0, 3.0, 4.0, 100.0, -50.0, 2.5, 3.5])
+    iqm, lo, hi = results.iqm_ci({"x": x})["x"]
+    assert iqm == pytest.approx(np.mean(np.sort(x)[2:6]))  # the middle half of 8 runs
+    assert lo <= iqm <= hi
+    p, plo, phi = results.probability_of_improvement(x + 10, x)
+    assert 0.5 < p <= 1.0 and plo <= p <= phi
