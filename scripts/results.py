@@ -109,3 +109,55 @@ def fmt_ci(v: Optional[Tuple[float, float, float]], digits: int = 0) -> str:
     if v is None:
         return "–"
     return f"{v[0]:.{digits}f} [{v[1]:.{digits}f}, {v[2]:.{digits}f}]"
+
+
+# ------------------------------------------------------------------------------------ tables, plots
+Cell = Optional[Tuple[Tuple[float, float, float], int]]  # ((IQM, lo, hi), n seeds)
+
+
+def ratio_table(
+    rows: Sequence[Mapping[str, str]], dense: Mapping[int, float], label, sparsities: Sequence[float], order: Sequence[str] = ()
+) -> Tuple[List[str], Dict[str, Dict[float, Cell]]]:
+    """Markdown rows and {label: {sparsity: cell}}: IQM over seeds of return / the same seed's dense return.
+
+    `label(row)` names the table row a result belongs to (e.g. its criterion, or criterion + l1).
+    """
+    labels = sorted({label(r) for r in rows}, key=lambda x: (list(order).index(x.split(" ")[0]) if x.split(" ")[0] in order else len(order), x))
+    table: Dict[str, Dict[float, Cell]] = {}
+    lines = ["| | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |", "|---|" + "---|" * len(sparsities)]
+    for name in labels:
+        table[name] = {}
+        for s in sparsities:
+            vals = {int(r["seed"]): float(r["eval_return"]) for r in rows if label(r) == name and float(r["sparsity"]) == s}
+            ratio = np.array([vals[k] / max(1e-9, dense[k]) for k in sorted(vals) if k in dense])
+            table[name][s] = (iqm_ci({name: ratio})[name], len(ratio)) if len(ratio) else None
+        cells = [f"{fmt_ci(c[0], 2)} (n={c[1]})" if c else "–" for c in (table[name][s] for s in sparsities)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines, table
+
+
+def plot_ratio(table: Mapping[str, Mapping[float, Cell]], sparsities: Sequence[float], title: str, path: Path) -> None:
+    """Return / dense (IQM, 95 % CI band) against sparsity, one line per table row."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"matplotlib is not installed: no plot {path.name}")
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, by_s in table.items():
+        xs = [s for s in sparsities if by_s.get(s)]
+        if not xs:
+            continue
+        ax.plot(xs, [by_s[s][0][0] for s in xs], marker="o", label=name)
+        ax.fill_between(xs, [by_s[s][0][1] for s in xs], [by_s[s][0][2] for s in xs], alpha=0.15)
+    ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax.set_xlabel("sparsity (fraction of hidden channels removed)")
+    ax.set_ylabel("IQM of return / dense return (95 % CI)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -136,70 +136,28 @@ def grid(args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------------------ report
 def report(paths: List[str], out_dir: Path) -> None:
-    """Markdown table (IQM of the return as a share of each seed's dense return, 95 % CIs) and plots."""
-    import numpy as np
-
+    """Markdown tables (IQM of the return as a share of each seed's dense return, 95 % CIs) and plots."""
     rows = [r for p in paths for r in results.read(Path(p))]
     lines: List[str] = []
     summary: Dict[str, Any] = {}
-    for (algo, env) in sorted({(r["algo"], r["env"]) for r in rows}):
+    for algo, env in sorted({(r["algo"], r["env"]) for r in rows}):
         mine = [r for r in rows if r["algo"] == algo and r["env"] == env]
         dense = {int(r["seed"]): float(r["eval_return"]) for r in mine if r["protocol"] == "dense"}
         if not dense:
             continue
-        seeds = sorted(dense)
-        lines += [f"### {algo.upper()} {env} — {len(seeds)} seeds, dense IQM {np.percentile(list(dense.values()), 50):.0f} (median)", ""]
+        lines += [f"### {algo.upper()} {env}: {len(dense)} dense seeds", ""]
         for protocol in [p for p in PROTOCOLS[1:] if any(r["protocol"] == p for r in mine)]:
             sub = [r for r in mine if r["protocol"] == protocol]
             sparsities = sorted({float(r["sparsity"]) for r in sub})
-            crits = [c for c in CRITERIA if any(r["criterion"] == c for r in sub)]
-            lines += [f"**{protocol}** — IQM of return ÷ dense return (same seed), 95 % stratified-bootstrap CI; n = seeds", ""]
-            lines += ["| criterion | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |", "|---|" + "---|" * len(sparsities)]
-            table: Dict[str, Dict[float, Any]] = {}
-            for c in crits:
-                table[c] = {}
-                for s in sparsities:
-                    vals = {int(r["seed"]): float(r["eval_return"]) for r in sub if r["criterion"] == c and float(r["sparsity"]) == s}
-                    ratio = np.array([vals[k] / max(1e-9, dense[k]) for k in sorted(vals) if k in dense])
-                    table[c][s] = (results.iqm_ci({c: ratio})[c], len(ratio)) if len(ratio) else None
-            for c in crits:
-                cells = [f"{results.fmt_ci(v[0], 2)} (n={v[1]})" if v else "–" for v in (table[c][s] for s in sparsities)]
-                lines.append(f"| {c} | " + " | ".join(cells) + " |")
-            lines.append("")
-            summary[f"{algo}/{env}/{protocol}"] = {c: {f"{s:g}": (table[c][s][0] if table[c][s] else None) for s in sparsities} for c in crits}
-            _plot(table, sparsities, f"{algo.upper()} {env} — {protocol}", out_dir / f"sensitivity_{algo}_{env}_{protocol}.png")
+            lines += [f"**{protocol}**: IQM over seeds of return / dense return of the same seed, 95 % stratified-bootstrap CI", ""]
+            table_lines, table = results.ratio_table(sub, dense, lambda r: r["criterion"], sparsities, CRITERIA)
+            lines += table_lines + [""]
+            summary[f"{algo}/{env}/{protocol}"] = {c: {f"{s:g}": (v[0] if v else None) for s, v in by_s.items()} for c, by_s in table.items()}
+            results.plot_ratio(table, sparsities, f"{algo.upper()} {env}: {protocol}", out_dir / f"sensitivity_{algo}_{env}_{protocol}.png")
     text = "\n".join(lines)
     (out_dir / "sensitivity.md").write_text(text + "\n")
     print(text)
     print(json.dumps(summary))
-
-
-def _plot(table: Dict[str, Dict[float, Any]], sparsities: List[float], title: str, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for c, by_s in table.items():
-        xs = [s for s in sparsities if by_s[s]]
-        if not xs:
-            continue
-        mid = [by_s[s][0][0] for s in xs]
-        lo = [by_s[s][0][1] for s in xs]
-        hi = [by_s[s][0][2] for s in xs]
-        ax.plot(xs, mid, marker="o", label=c)
-        ax.fill_between(xs, lo, hi, alpha=0.15)
-    ax.axhline(1.0, color="k", lw=0.8, ls="--")
-    ax.set_xlabel("sparsity (fraction of hidden channels removed)")
-    ax.set_ylabel("IQM return / dense return (95 % CI)")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

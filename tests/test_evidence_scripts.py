@@ -64,3 +64,24 @@ def test_iqm_intervals_come_from_rliable() -> None:
     assert lo <= iqm <= hi
     p, plo, phi = results.probability_of_improvement(x + 10, x)
     assert 0.5 < p <= 1.0 and plo <= p <= phi
+
+
+def test_during_training_grid_rows_and_rerun(tmp_path, capsys) -> None:
+    import compare_sb3
+
+    csv_path = tmp_path / "during.csv"
+    args = ["--algo", "ppo", "--env", "HalfCheetah-v5", "--steps", "4096", "--seeds", "0", "--episodes", "1", "--method", "bayes",
+            "--l1s", "0,1e-5", "--baselines", "random", "--sparsities", "0.75", "--csv", str(csv_path), "--logdir", str(tmp_path / "tb")]
+    compare_sb3.main(args)
+    rows = results.read(csv_path)
+    assert [(r["criterion"], float(r["l1"])) for r in rows] == [("dense", 0.0), ("bayes", 0.0), ("bayes", 1e-5), ("random", 0.0)]
+    assert len({r["eval_return"] for r in rows}) == 4  # pruning and the lasso changed each run
+    row = rows[2]
+    cmd = shlex.split(row["command"])
+    out = subprocess.run([sys.executable, *cmd[1:], "--logdir", str(tmp_path / "tb2")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1])["eval_return"] == pytest.approx(float(row["eval_return"]), abs=1e-3)
+    capsys.readouterr()
+    compare_sb3.main(["--report", str(csv_path), "--out", str(tmp_path)])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(summary["ppo/HalfCheetah-v5"]) == {"bayes l1=0", "bayes l1=1e-05", "random l1=0"}
