@@ -1,15 +1,17 @@
 """`PruneConfig`: every pruning option, validated once and shared by the TD-MPC2, SB3 and CLI paths."""
 from __future__ import annotations
 
-import dataclasses
 import difflib
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
 from .errors import PruneConfigError
 
-CRITERIA = ("grad", "fisher", "bayes", "combined", "magnitude", "taylor", "random")
-SCHEDULES = ("oneshot", "iterative", "gradual")
+from .criteria import CRITERIA as _CRITERIA
+from .criteria import Criterion
+from .schedule import SCHEDULES as _SCHEDULES
+from .schedule import schedule_name
+
 COUPLING = ("protect", "prune")
 SCOPES = ("local", "global")
 
@@ -31,9 +33,9 @@ class PruneConfig:
     steps of random actions, when updates begin, so `start=0.2` is 20 % into the updates.
     """
 
-    criterion: str = "bayes"  # grad | fisher | bayes | combined | magnitude | taylor | random
+    criterion: Union[str, Criterion] = "bayes"  # grad | fisher | bayes | combined | magnitude | taylor | random | registered | an instance
     sparsity: float = 0.5  # fraction of prunable channels removed, in [0, 1)
-    schedule: str = "gradual"  # oneshot | iterative | gradual
+    schedule: Union[str, Callable] = "gradual"  # oneshot | iterative | gradual | registered name | fn(start, end, iterations)
     start: Step = 0.2  # first pruning step
     end: Step = 0.8  # last pruning step (iterative / gradual)
     iterations: int = 10  # number of pruning events for iterative / gradual
@@ -57,13 +59,17 @@ class PruneConfig:
 
     # ----------------------------------------------------------------------------- validation
     def validate(self) -> "PruneConfig":
-        if self.criterion not in CRITERIA:
+        if not isinstance(self.criterion, Criterion) and self.criterion not in _CRITERIA:
+            names = list(_CRITERIA)
             raise PruneConfigError(
-                f"unknown criterion {self.criterion!r}; choose one of {', '.join(CRITERIA)}.{_near(str(self.criterion), CRITERIA)}"
+                f"unknown criterion {self.criterion!r}; choose one of {', '.join(names)}.{_near(str(self.criterion), names)} "
+                "(or pass a Criterion instance, or register one with tdmpc_prune.register_criterion)"
             )
-        if self.schedule not in SCHEDULES:
+        if not callable(self.schedule) and self.schedule not in _SCHEDULES:
+            names = list(_SCHEDULES)
             raise PruneConfigError(
-                f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}.{_near(str(self.schedule), SCHEDULES)}"
+                f"unknown schedule {self.schedule!r}; choose one of {', '.join(names)}.{_near(str(self.schedule), names)} "
+                "(or pass a function fn(start, end, iterations), or register one with tdmpc_prune.register_schedule)"
             )
         if self.coupling not in COUPLING:
             raise PruneConfigError(f"coupling must be 'protect' or 'prune', got {self.coupling!r}")
@@ -91,8 +97,9 @@ class PruneConfig:
         if isinstance(self.observe, str):
             self.observe = (self.observe,)
         for name in self.observe:
-            if name != "all" and name not in CRITERIA:
-                raise PruneConfigError(f"observe: unknown criterion {name!r}; choose from all, {', '.join(CRITERIA)}.{_near(str(name), CRITERIA)}")
+            if name != "all" and name not in _CRITERIA:
+                names = list(_CRITERIA)
+                raise PruneConfigError(f"observe: unknown criterion {name!r}; choose from all, {', '.join(names)}.{_near(str(name), names)}")
         if isinstance(self.exclude, str):
             self.exclude = (self.exclude,)
         return self
@@ -116,7 +123,10 @@ class PruneConfig:
 
     # ----------------------------------------------------------------------------- (de)serialise
     def to_dict(self) -> Dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["budgets"] = dict(self.budgets)
+        d["criterion"] = self.criterion.name if isinstance(self.criterion, Criterion) else self.criterion
+        d["schedule"] = schedule_name(self.schedule)
         d["exclude"] = list(self.exclude)
         d["observe"] = list(self.observe)
         return d

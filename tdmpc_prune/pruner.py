@@ -22,7 +22,8 @@ from .config import PruneConfig
 from .ensemble import StackedEnsemble
 from .errors import PruneConfigError, PruneError
 from .groups import ComponentSpec, Group, discover_groups
-from .importance import CRITERIA, ChannelStats
+from .criteria import CRITERIA, Criterion, get_criterion
+from .importance import ChannelStats
 from .layers import named_norms, named_tensors, side_effect_free
 from .regularize import GroupLasso
 from .schedule import Schedule
@@ -126,11 +127,9 @@ class Pruner:
         self.surgeon = Surgeon(model, groups)
         self._register_implicit_mirrors()
         self.stats = ChannelStats(groups, config.ema, config.prior_strength, device, config.posterior_decay)
-        self.criterion = CRITERIA[config.criterion]
+        self.criterion = get_criterion(config.criterion)
         observed = CRITERIA.values() if "all" in config.observe else [CRITERIA[c] for c in config.observe]
-        needs = set(self.criterion.needs).union(*(c.needs for c in observed))
-        self.stats.track_taylor = "taylor" in needs
-        self.stats.needs = needs - {"taylor"}
+        self.stats.needs = set(self.criterion.needs).union(*(c.needs for c in observed))
         self.compensation = BiasCompensation(model, groups, config.ema) if config.compensate else None
         self.alive: Dict[str, torch.Tensor] = {g.id: torch.ones(g.channels, dtype=torch.bool) for g in groups}
         self.history: List[Dict[str, Any]] = []
@@ -290,19 +289,18 @@ class Pruner:
             )
         return self.prune_to(fraction=frac)
 
-    def use_criterion(self, name: str) -> None:
+    def use_criterion(self, criterion: Union[str, Criterion]) -> None:
         """Rank by another criterion from now on (its statistics must have been gathered: `observe`)."""
-        if name not in CRITERIA:
-            PruneConfig(criterion=name)  # raises the standard message with suggestions
-        crit = CRITERIA[name]
-        missing = set(crit.needs) - self.stats.needs - ({"taylor"} if self.stats.track_taylor else set())
+        PruneConfig(criterion=criterion)  # an unknown name raises the standard message with suggestions
+        crit = get_criterion(criterion)
+        missing = set(crit.needs) - self.stats.needs
         if missing:
             raise PruneConfigError(
-                f"criterion {name!r} needs the statistics {sorted(missing)}, which this pruner did not gather: "
-                f"create it with observe=[{name!r}] (or observe=['all'])"
+                f"criterion {crit.name!r} needs the statistics {sorted(missing)}, which this pruner did not gather: "
+                f"create it with observe=[{crit.name!r}] (or observe=['all'])"
             )
         self.criterion = crit
-        self.config.criterion = name
+        self.config.criterion = criterion
 
     def use_compensation(self, on: bool = True) -> None:
         """Start (or stop) tracking consumers' mean inputs and folding removed channels into their biases."""

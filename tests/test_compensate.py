@@ -44,7 +44,7 @@ def test_a_removed_constant_channel_is_folded_into_the_next_bias(physical: bool)
 def test_observe_gathers_other_criteria_and_use_criterion_checks_them() -> None:
     model = _saturated_mlp()
     pruner = Pruner(model, components=WHOLE, example_inputs=(torch.randn(2, 3),), criterion="magnitude", observe=["all"])
-    assert pruner.stats.needs == {"abs", "sq"} and pruner.stats.track_taylor
+    assert pruner.stats.needs == {"abs", "sq", "taylor"}
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     pruner.attach(opt, total_steps=10)
     model(torch.randn(8, 3)).pow(2).mean().backward()

@@ -194,8 +194,7 @@ def test_ties_are_broken_by_fisher_then_a_seeded_draw_never_by_index() -> None:
     removed = []
     for seed in range(3):
         fresh = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1))
-        p = Pruner(fresh, components=WHOLE, example_inputs=(torch.randn(4, 2),), criterion="random", seed=seed, physical=False)
-        p.criterion = CRITERIA["fisher"]  # all-zero scores
+        p = Pruner(fresh, components=WHOLE, example_inputs=(torch.randn(4, 2),), criterion="fisher", seed=seed, physical=False)
         with pytest.warns(UserWarning, match="observed no optimizer step"):
             p.prune_to(0.5)
         removed.append(sorted(torch.nonzero(~p.alive["0"]).squeeze(1).tolist()))
