@@ -41,3 +41,19 @@ def test_the_main_command_prunes_after_the_seed_steps_and_before_the_end() -> No
     events = Schedule.from_config(PruneConfig.from_overrides(parsed.prune_overrides), cfg.steps, cfg.seed_env_steps).events
     assert len(events) == PruneConfig().iterations
     assert all(cfg.seed_env_steps < t <= cfg.steps for t, _ in events)  # updates (and statistics) come first
+
+
+def test_the_extending_example_registers_what_it_says() -> None:
+    from tdmpc_prune.criteria import CRITERIA
+    from tdmpc_prune.importance import STATISTICS
+    from tdmpc_prune.schedule import SCHEDULES
+
+    section = README[README.index("## Extending"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    try:
+        exec(compile(code, "README.md", "exec"), {})
+        assert CRITERIA["cubic"].needs == frozenset({"cube"}) and "cube" in STATISTICS
+        assert SCHEDULES["two_steps"](10, 20, 3) == [(10, 0.5), (20, 1.0)]
+        PruneConfig(criterion="cubic", schedule="two_steps")
+    finally:
+        CRITERIA.pop("cubic", None), STATISTICS.pop("cube", None), SCHEDULES.pop("two_steps", None)
