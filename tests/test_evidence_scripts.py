@@ -54,6 +54,15 @@ def test_sensitivity_rows_resume_and_rerun_from_their_command(tmp_path, capsys) 
     assert "IQM" in (tmp_path / "sensitivity.md").read_text()
     assert (tmp_path / "sensitivity_ppo_HalfCheetah-v5_oneshot.png").stat().st_size > 0
 
+    # the layer-by-layer analysis of the same dense agent: every hidden layer, every criterion
+    import analyse_criteria
+
+    analyse_criteria.main(["--checkpoint", str(work / "ppo-HalfCheetah-v5-s0-2048" / "dense"), "--observations", "64"])
+    layers = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(layers) == {f"mlp_extractor.{n}.{i}" for n in ("policy_net", "value_net") for i in (0, 2)}
+    for r in layers.values():
+        assert set(r["spearman_vs_damage"]) == set(analyse_criteria.CRITERIA) and r["width"] == 64
+
 
 def test_iqm_intervals_come_from_rliable() -> None:
     import numpy as np
