@@ -95,20 +95,14 @@ def grid(args: argparse.Namespace) -> None:
             continue
         out = run_one(args, seed, criterion, sparsity, l1)
         say(f"seed {seed} {criterion:<9} {sparsity:.2f} l1={l1:g}: return {out['eval_return']:9.1f} ({out['seconds']:.0f} s)")
-        row.update(eval_return=round(out["eval_return"], 3), seconds=round(out["seconds"], 1), commit=commit,
-                   command=row_command(args, seed, criterion, sparsity, l1))
-        if csv_path:
-            results.append(csv_path, row)
-        last = {**row, **out}
-    print(json.dumps(last if last is not None else {"eval_return": None, "note": "every selected row is already in the CSV"}))
+        last = results.record(csv_path, row, out, commit, row_command(args, seed, criterion, sparsity, l1))
+    results.print_last(last)
 
 
 def report(paths: List[str], out_dir: Path) -> None:
-    rows = [r for p in paths for r in results.read(Path(p))]
     lines: List[str] = []
     summary: Dict[str, Any] = {}
-    for algo, env in sorted({(r["algo"], r["env"]) for r in rows}):
-        mine = [r for r in rows if r["algo"] == algo and r["env"] == env]
+    for algo, env, mine in results.by_task(paths):
         dense = {int(r["seed"]): float(r["eval_return"]) for r in mine if r["criterion"] == "dense"}
         pruned = [r for r in mine if r["criterion"] != "dense"]
         if not dense or not pruned:

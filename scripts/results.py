@@ -10,6 +10,7 @@ with 95 % stratified-bootstrap confidence intervals, and the probability of impr
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -63,6 +64,26 @@ def commit_of(root: Path) -> str:
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def record(csv_path: Optional[Path], row: Dict[str, object], out: Mapping[str, object], commit: str, command: str) -> Dict[str, object]:
+    """Complete `row` with the run's outcome and provenance, append it (if a CSV is given), return row + extras."""
+    row.update(eval_return=round(float(out["eval_return"]), 3), seconds=round(float(out["seconds"]), 1), commit=commit, command=command)
+    if csv_path:
+        append(csv_path, row)
+    return {**row, **out}
+
+
+def print_last(last: Optional[Mapping[str, object]]) -> None:
+    """The JSON last line of a grid script: the last row it ran (a row's `command` runs exactly one)."""
+    print(json.dumps(dict(last) if last is not None else {"eval_return": None, "note": "every selected row is already in the CSV"}))
+
+
+def by_task(paths: Sequence[str]) -> Iterable[Tuple[str, str, List[Dict[str, str]]]]:
+    """(algo, env, rows) for every task in the CSV files, sorted."""
+    rows = [r for p in paths for r in read(Path(p))]
+    for algo, env in sorted({(r["algo"], r["env"]) for r in rows}):
+        yield algo, env, [r for r in rows if r["algo"] == algo and r["env"] == env]
 
 
 # ------------------------------------------------------------------------------------ aggregation

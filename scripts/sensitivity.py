@@ -126,22 +126,16 @@ def grid(args: argparse.Namespace) -> None:
                     continue
                 train_dense(args, seed, say)
                 out = run_cell(args, seed, criterion, sparsity, protocol, say)
-                row.update(eval_return=round(out["eval_return"], 3), seconds=round(out["seconds"], 1), commit=commit,
-                           command=row_command(args, seed, criterion, sparsity, protocol))
-                if csv_path:
-                    results.append(csv_path, row)
-                last = {**row, **out}
-    print(json.dumps(last if last is not None else {"eval_return": None, "note": "every selected row is already in the CSV"}))
+                last = results.record(csv_path, row, out, commit, row_command(args, seed, criterion, sparsity, protocol))
+    results.print_last(last)
 
 
 # ------------------------------------------------------------------------------------ report
 def report(paths: List[str], out_dir: Path) -> None:
     """Markdown tables (IQM of the return as a share of each seed's dense return, 95 % CIs) and plots."""
-    rows = [r for p in paths for r in results.read(Path(p))]
     lines: List[str] = []
     summary: Dict[str, Any] = {}
-    for algo, env in sorted({(r["algo"], r["env"]) for r in rows}):
-        mine = [r for r in rows if r["algo"] == algo and r["env"] == env]
+    for algo, env, mine in results.by_task(paths):
         dense = {int(r["seed"]): float(r["eval_return"]) for r in mine if r["protocol"] == "dense"}
         if not dense:
             continue

@@ -1,7 +1,6 @@
 """The evidence scripts on a real MuJoCo task: rows, resumption, the `command` contract, rliable report."""
 from __future__ import annotations
 
-import csv
 import json
 import shlex
 import subprocess
