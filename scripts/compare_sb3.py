@@ -108,7 +108,7 @@ def report(paths: List[str], out_dir: Path) -> None:
         if not dense or not pruned:
             continue
         sparsities = sorted({float(r["sparsity"]) for r in pruned})
-        lines += [f"### {algo.upper()} {env}, pruned while training: IQM of return / dense return (same seed), 95 % CI", ""]
+        lines += [f"### {algo.upper()} {env}, pruned while training: IQM of the dense-normalised return (R - R_random) / (R_dense - R_random), same seed; 95 % CI", ""]
         label = lambda r: f"{r['criterion']} l1={float(r['l1']):g}"  # noqa: E731
         table_lines, table = results.ratio_table(pruned, dense, label, sparsities, ORDER)
         lines += table_lines + [""]

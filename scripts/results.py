@@ -121,9 +121,14 @@ def probability_of_improvement(x: np.ndarray, y: np.ndarray, reps: int = 2000, s
     return float(np.ravel(point["x,y"])[0]), float(lo), float(hi)
 
 
-def normalise(returns: np.ndarray, dense: float, floor: float) -> np.ndarray:
-    """Score 0 at `floor` (e.g. a random policy) and 1 at the dense agent's return of the same seed."""
-    return (np.asarray(returns, float) - floor) / max(1e-9, dense - floor)
+# the return of a uniformly random policy (D4RL's reference scores of the same MuJoCo tasks), so a
+# pruned agent's score is 0 at random behaviour and 1 at its dense twin, whatever the sign of returns
+RANDOM_RETURN = {"HalfCheetah-v5": -280.178953, "Hopper-v5": -20.272305, "Walker2d-v5": 1.629008}
+
+
+def normalise(ret: float, dense: float, floor: float) -> float:
+    """Score 0 at `floor` (a random policy) and 1 at the dense agent's return of the same seed."""
+    return (ret - floor) / max(1e-9, dense - floor)
 
 
 def fmt_ci(v: Optional[Tuple[float, float, float]], digits: int = 0) -> str:
@@ -139,7 +144,8 @@ Cell = Optional[Tuple[Tuple[float, float, float], int]]  # ((IQM, lo, hi), n see
 def ratio_table(
     rows: Sequence[Mapping[str, str]], dense: Mapping[int, float], label, sparsities: Sequence[float], order: Sequence[str] = ()
 ) -> Tuple[List[str], Dict[str, Dict[float, Cell]]]:
-    """Markdown rows and {label: {sparsity: cell}}: IQM over seeds of return / the same seed's dense return.
+    """Markdown rows and {label: {sparsity: cell}}: IQM over seeds of the dense-normalised return,
+    (R - R_random) / (R_dense - R_random) with the same seed's dense return (`RANDOM_RETURN`; 0 when unknown).
 
     `label(row)` names the table row a result belongs to (e.g. its criterion, or criterion + l1).
     """
@@ -150,7 +156,8 @@ def ratio_table(
         table[name] = {}
         for s in sparsities:
             vals = {int(r["seed"]): float(r["eval_return"]) for r in rows if label(r) == name and float(r["sparsity"]) == s}
-            ratio = np.array([vals[k] / max(1e-9, dense[k]) for k in sorted(vals) if k in dense])
+            floor = RANDOM_RETURN.get(str(rows[0]["env"]), 0.0)
+            ratio = np.array([normalise(vals[k], dense[k], floor) for k in sorted(vals) if k in dense])
             table[name][s] = (iqm_ci({name: ratio})[name], len(ratio)) if len(ratio) else None
         cells = [f"{fmt_ci(c[0], 2)} (n={c[1]})" if c else "–" for c in (table[name][s] for s in sparsities)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -176,7 +183,7 @@ def plot_ratio(table: Mapping[str, Mapping[float, Cell]], sparsities: Sequence[f
         ax.fill_between(xs, [by_s[s][0][1] for s in xs], [by_s[s][0][2] for s in xs], alpha=0.15)
     ax.axhline(1.0, color="k", lw=0.8, ls="--")
     ax.set_xlabel("sparsity (fraction of hidden channels removed)")
-    ax.set_ylabel("IQM of return / dense return (95 % CI)")
+    ax.set_ylabel("IQM of dense-normalised return (95 % CI)")
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -143,7 +143,7 @@ def report(paths: List[str], out_dir: Path) -> None:
         for protocol in [p for p in PROTOCOLS[1:] if any(r["protocol"] == p for r in mine)]:
             sub = [r for r in mine if r["protocol"] == protocol]
             sparsities = sorted({float(r["sparsity"]) for r in sub})
-            lines += [f"**{protocol}**: IQM over seeds of return / dense return of the same seed, 95 % stratified-bootstrap CI", ""]
+            lines += [f"**{protocol}**: IQM over seeds of the dense-normalised return (R - R_random) / (R_dense - R_random), same seed; 95 % stratified-bootstrap CI", ""]
             table_lines, table = results.ratio_table(sub, dense, lambda r: r["criterion"], sparsities, CRITERIA)
             lines += table_lines + [""]
             summary[f"{algo}/{env}/{protocol}"] = {c: {f"{s:g}": (v[0] if v else None) for s, v in by_s.items()} for c, by_s in table.items()}
