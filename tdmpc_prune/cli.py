@@ -40,15 +40,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         print(f"tdmpc-prune: unknown command {name!r}.{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
-    from .errors import PruneError
+    from .errors import PruneError, RunError
     from .tdmpc2.config import ConfigError
     from .tdmpc2.envs import UnknownTaskError
-    from .tdmpc2.train import ResumeError
 
     try:
         _resolve(name)(rest)
-    except (ConfigError, UnknownTaskError, ResumeError, PruneError) as e:
-        print(f"tdmpc-prune {name}: error: {e}", file=sys.stderr)
+    except (ConfigError, UnknownTaskError, RunError, PruneError) as e:
+        message = " ".join(str(e).split())  # one line, whatever the message holds
+        print(f"tdmpc-prune {name}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"tdmpc-prune {name}: interrupted", file=sys.stderr)

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
 from .errors import PruneConfigError
+from .validation import check_number, check_type
 
 from .criteria import CRITERIA as _CRITERIA
 from .criteria import Criterion
@@ -59,6 +61,12 @@ class PruneConfig:
 
     # ----------------------------------------------------------------------------- validation
     def validate(self) -> "PruneConfig":
+        """Check every option (type, finiteness, range, ordered pairs); raises `PruneConfigError`."""
+        for key in ("exclude", "observe"):  # one name, or a list, stands for a tuple of names
+            value = getattr(self, key)
+            if isinstance(value, (str, list)):
+                setattr(self, key, (value,) if isinstance(value, str) else tuple(value))
+        _check_types(self)
         if not isinstance(self.criterion, Criterion) and self.criterion not in _CRITERIA:
             names = list(_CRITERIA)
             raise PruneConfigError(
@@ -86,22 +94,21 @@ class PruneConfig:
             raise PruneConfigError("l1_period must be > 0 (a fraction of the run or a number of steps)")
         if not isinstance(self.iterations, int) or isinstance(self.iterations, bool) or self.iterations < 1:
             raise PruneConfigError(f"iterations must be an int >= 1, got {self.iterations!r}")
-        if not (isinstance(self.l1, (int, float)) and self.l1 >= 0):
-            raise PruneConfigError(f"l1 must be a number >= 0 (0 disables the pressure), got {self.l1!r}")
-        if not (isinstance(self.ema, (int, float)) and 0.0 <= self.ema < 1.0):
-            raise PruneConfigError(f"ema must be in [0, 1), got {self.ema!r}")
-        if not (isinstance(self.prior_strength, (int, float)) and self.prior_strength > 0):
-            raise PruneConfigError(f"prior_strength must be > 0, got {self.prior_strength!r}")
-        if not (isinstance(self.posterior_decay, (int, float)) and 0.0 < self.posterior_decay <= 1.0):
-            raise PruneConfigError(f"posterior_decay must be in (0, 1] (1 keeps the whole history), got {self.posterior_decay!r}")
-        if isinstance(self.observe, str):
-            self.observe = (self.observe,)
+        check_number(PruneConfigError, "l1", self.l1, low=0, what="lambda_max of the group lasso; 0 disables it", example=1e-4)
+        check_number(PruneConfigError, "ema", self.ema, 0, 1, high_open=True, what="the statistics' EMA factor", example=0.9)
+        check_number(PruneConfigError, "prior_strength", self.prior_strength, low=0, low_open=True,
+                     what="pseudo-observations of the Gamma prior", example=1.0)
+        check_number(PruneConfigError, "posterior_decay", self.posterior_decay, 0, 1, low_open=True,
+                     what="1 keeps the whole history", example=1.0)
         for name in self.observe:
             if name != "all" and name not in _CRITERIA:
                 names = list(_CRITERIA)
                 raise PruneConfigError(f"observe: unknown criterion {name!r}; choose from all, {', '.join(names)}.{_near(str(name), names)}")
-        if isinstance(self.exclude, str):
-            self.exclude = (self.exclude,)
+        check_number(PruneConfigError, "seed", self.seed, low=0, integer=True, what="seed of the random criterion", example=0)
+        if type(self.start) is type(self.end) and self.schedule != "oneshot" and self.end < self.start:
+            raise PruneConfigError(
+                f"end ({self.end!r}) comes before start ({self.start!r}); give end >= start (prune.end >= prune.start)"
+            )
         return self
 
     def resolve_step(self, value: Step, total_steps: Optional[int], first_step: int = 0) -> int:
@@ -164,8 +171,24 @@ class PruneConfig:
         return cls.from_dict(values)
 
 
+_OWN_CHECKS = ("sparsity", "coupling_sparsity", "start", "end", "l1_period")  # checked with their range below
+
+
+def _check_types(cfg: PruneConfig) -> None:
+    """Every field has its annotated type (a sparsity may be given as an int 0, a float option as an int)."""
+    import typing
+
+    hints = typing.get_type_hints(type(cfg))
+    for f in fields(cfg):
+        if f.name in _OWN_CHECKS:
+            continue
+        value = getattr(cfg, f.name)
+        example = None if f.default is dataclasses.MISSING or f.default is None else f.default
+        check_type(PruneConfigError, f.name, value, hints[f.name], None if example is None else repr(example))
+
+
 def _check_sparsity(name: str, value: Any, whole_layer_hint: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= float(value) < 1.0
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0.0 <= float(value) < 1.0
     if not ok:
         hint = " (1.0 would remove the whole layer)" if whole_layer_hint or value == 1 else ""
         raise PruneConfigError(f"{name} must be a fraction in [0, 1), got {value!r}{hint}")

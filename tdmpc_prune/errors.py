@@ -7,3 +7,7 @@ class PruneError(ValueError):
 
 class PruneConfigError(PruneError):
     """A pruning option has a bad value."""
+
+
+class RunError(RuntimeError):
+    """A run cannot start or go on as asked: its directory, lock, checkpoint or filesystem."""

@@ -95,6 +95,25 @@ def resolve_components(model: nn.Module, components: Optional[Mapping[str, Compo
     return out
 
 
+def check_exclude(model: nn.Module, exclude: Sequence[str]) -> None:
+    """Every `exclude` entry names a module or tensor of the model (or a prefix of one at a dot)."""
+    from .layers import named_tensors
+
+    names = {n for n, _ in model.named_modules() if n} | set(named_tensors(model))
+    names |= {n for n, _ in model.named_parameters()}
+    for entry in exclude:
+        if entry in names or any(n.startswith(entry + ".") for n in names):
+            continue
+        import difflib
+
+        close = difflib.get_close_matches(entry, sorted(names), n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise PruneError(
+            f"exclude entry {entry!r} matches no module of the model.{hint} "
+            "Give module names as printed by model.named_modules()."
+        )
+
+
 def component_of(name: str, comps: Mapping[str, Sequence[str]]) -> str:
     best, best_len = None, -1
     for comp, prefixes in comps.items():

@@ -21,12 +21,13 @@ from .compensate import BiasCompensation
 from .config import PruneConfig
 from .ensemble import StackedEnsemble
 from .errors import PruneConfigError, PruneError
-from .groups import ComponentSpec, Group, discover_groups
+from .groups import ComponentSpec, Group, check_exclude, discover_groups
 from .criteria import CRITERIA, Criterion, get_criterion
 from .importance import ChannelStats
 from .layers import named_norms, named_tensors, side_effect_free
 from .regularize import GroupLasso
 from .schedule import Schedule
+from .safety import check_sliceable, foreign_optimizers
 from .surgery import Surgeon
 
 STATE_VERSION = 1
@@ -102,6 +103,7 @@ class Pruner:
         self.forward_fn = forward_fn or _default_forward
         self.example_inputs = example_inputs
         device = _device_of(model)
+        check_exclude(model, config.exclude)
         with side_effect_free(model):
             groups, self.notes = discover_groups(model, self.forward_fn, example_inputs, components, config.exclude)
         if not groups:
@@ -126,6 +128,7 @@ class Pruner:
             )
         self.surgeon = Surgeon(model, groups)
         self._register_implicit_mirrors()
+        self._check_sliceable()
         self.stats = ChannelStats(groups, config.ema, config.prior_strength, device, config.posterior_decay)
         self.criterion = get_criterion(config.criterion)
         observed = CRITERIA.values() if "all" in config.observe else [CRITERIA[c] for c in config.observe]
@@ -162,6 +165,7 @@ class Pruner:
         opts = [optimizers] if isinstance(optimizers, torch.optim.Optimizer) else list(optimizers)
         if not opts:
             raise PruneError("attach() needs at least one optimizer")
+        self._check_attachable(opts)
         cfg = self.config
         self.total_steps = total_steps
         # a warm-up longer than the run leaves an empty span at its end, never a span ending before it starts
@@ -375,6 +379,8 @@ class Pruner:
                 "the channels are chosen by the seeded tie-break alone (at random)",
                 stacklevel=2,
             )
+        if physical:
+            self._check_foreign_optimizers()
         scores = self.scores()
         select = self._select_global if cfg.scope == "global" else self._select_local
         removals = select(scores, self._tie_keys(), s, fraction)
@@ -383,6 +389,7 @@ class Pruner:
 
     def finalize(self) -> Dict[str, float]:
         """Physically remove every masked channel (turn a mask-mode run into a smaller model)."""
+        self._check_foreign_optimizers()
         self._apply({}, physical=True)
         return self.metrics()
 
@@ -484,6 +491,35 @@ class Pruner:
         self.stats.rebuild(self.surgeon, self.alive)
         for fn in self._callbacks:
             fn(self)
+
+    # ============================================================================ consistency checks
+    def _check_sliceable(self) -> None:
+        """Refuse, before anything changes, groups whose removal breaks the model (see `safety.py`)."""
+        prunable = [g for g in self.groups if g.units > 1 and (g.kind != "coupling" or self.config.coupling == "prune")]
+        check_sliceable(self.model, self.surgeon, prunable, lambda: self.forward_fn(self.model, self.example_inputs))
+
+    def _check_attachable(self, opts: Sequence[Any]) -> None:
+        mine = {id(p) for p in self.model.parameters()} | {id(m.tensor) for g in self.groups for m in g.members}
+        for i, opt in enumerate(opts):
+            if not isinstance(opt, torch.optim.Optimizer):
+                raise PruneError(f"attach() takes torch optimizers; item {i} is a {type(opt).__name__}")
+            if not any(id(p) in mine for pg in opt.param_groups for p in pg["params"]):
+                raise PruneError(
+                    f"optimizer {i} ({type(opt).__name__}) holds none of the model's parameters: it trains another "
+                    "model (or a copy made before the Pruner). Attach the optimizers that train this model."
+                )
+
+    def _check_foreign_optimizers(self) -> None:
+        """Physical removal cannot slice the state of an optimizer it was never given: refuse up front."""
+        tensors = [m.tensor for g in self.groups for m in g.members]
+        found = foreign_optimizers(tensors, self.surgeon.optimizers)  # the ones whose state is sliced
+        if found:
+            opt, n = found[0]
+            raise PruneError(
+                f"an optimizer the pruner is not attached to ({type(opt).__name__}) holds state for {n} tensor(s) that "
+                "physical pruning shrinks; that state would no longer fit. Pass every optimizer that trains the model "
+                "to pruner.attach([...]) before pruning, or prune with physical=False (masks)."
+            )
 
     # ============================================================================ measures
     def sparsity(self) -> float:

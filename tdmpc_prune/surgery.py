@@ -10,8 +10,9 @@ same tensor (rows for one group, columns for another) in any order.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -118,6 +119,41 @@ class Surgeon:
                 ln.normalized_shape = (int(self.norm_kept[nid].numel()),)
         self._sync_attributes()
         self._rebuild_masks()
+
+    @contextmanager
+    def trial(self, removals: Mapping[str, torch.Tensor]) -> Iterator[None]:
+        """Remove `removals` for the duration of the block, then put every tensor, gradient,
+        optimizer state, mirror, norm width, size attribute and mask back exactly as it was."""
+        dims = {k: (d.kept, d.tensor.data, d.tensor.grad) for k, d in self.dims.items()}
+        mirrors = [(m, m.data) for entries in self.mirrors.values() for m, _ in entries]
+        states = [(opt.state[d.tensor], dict(opt.state[d.tensor])) for opt in self.optimizers
+                  for d in self.dims.values() if d.tensor in opt.state]
+        norms = {nid: (kept, [ln.normalized_shape for ln in self.norm_modules[nid]]) for nid, kept in self.norm_kept.items()}
+        masked = dict(self.masked)
+        try:
+            self.remove(removals)
+            yield
+        finally:
+            with torch.no_grad():
+                for key, (kept, data, grad) in dims.items():
+                    d = self.dims[key]
+                    d.kept = kept
+                    if d.tensor.data is not data:
+                        _reset_grad_accumulator(d.tensor)
+                        d.tensor.data = data
+                        d.tensor.grad = grad
+                for mirror, data in mirrors:
+                    mirror.data = data
+                for state, saved in states:
+                    state.clear()
+                    state.update(saved)
+            for nid, (kept, shapes) in norms.items():
+                self.norm_kept[nid] = kept
+                for ln, shape in zip(self.norm_modules[nid], shapes):
+                    ln.normalized_shape = shape
+            self.masked = masked
+            self._sync_attributes()
+            self._rebuild_masks()
 
     def _slice(self, t: torch.Tensor, dim: int, sel: torch.Tensor) -> None:
         old_shape = t.shape

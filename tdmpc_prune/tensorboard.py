@@ -44,6 +44,36 @@ class WriterSink:
         self.writer.add_image(tag, image_hwc, step, dataformats="HWC")
 
 
+class OncePerStep:
+    """A `Sink` that passes each tag on at most once per step (the first value wins)."""
+
+    def __init__(self, sink: Sink):
+        self.sink = sink
+        self.writer = getattr(sink, "writer", None)
+        self._step: Optional[int] = None
+        self._tags: set = set()
+
+    def _fresh(self, tag: str, step: int) -> bool:
+        if step != self._step:
+            self._step, self._tags = step, set()
+        if tag in self._tags:
+            return False
+        self._tags.add(tag)
+        return True
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self._fresh(tag, step):
+            self.sink.scalar(tag, value, step)
+
+    def histogram(self, tag: str, values: np.ndarray, step: int) -> None:
+        if self._fresh(tag, step):
+            self.sink.histogram(tag, values, step)
+
+    def image(self, tag: str, image_hwc: np.ndarray, step: int) -> None:
+        if self._fresh(tag, step):
+            self.sink.image(tag, image_hwc, step)
+
+
 def prune_scalars(pruner: Pruner, with_flops: bool = True) -> Dict[str, float]:
     """Every `prune/*` scalar of the current state."""
     out = {f"prune/{k}": float(v) for k, v in pruner.metrics(with_flops=with_flops).items()}

@@ -208,10 +208,13 @@ def test_a_fresh_run_never_overwrites_an_existing_one(tmp_path, capsys):
         assert f.read() == saved  # the first run's data is untouched
 
 
-def test_a_pruned_run_lands_beside_the_dense_one_by_default(tmp_path):
+def test_runs_with_different_options_get_different_default_directories(tmp_path):
     run = TINY + [f"logdir={tmp_path}", "steps=100", "eval_freq=100", "save_freq=100"]
     dense = train(run)
     pruned = train(run + ["--prune", "prune.schedule=oneshot", "prune.start=60", "prune.sparsity=0.25"])
-    assert os.path.dirname(dense.directory) == os.path.join(str(tmp_path), "cartpole-balance", "default")
-    assert os.path.dirname(pruned.directory) == os.path.join(str(tmp_path), "cartpole-balance", "pruned")
+    name = lambda trainer: os.path.basename(os.path.dirname(trainer.directory))  # noqa: E731
+    assert os.path.dirname(os.path.dirname(dense.directory)) == os.path.join(str(tmp_path), "cartpole-balance")
+    assert name(dense).startswith("default-batch_size=8,enc_dim=32,episode_length=25,iterations=1,")
+    assert name(pruned).startswith("pruned-schedule=oneshot,sparsity=0.25,start=60,batch_size=8,")
+    assert len(name(pruned)) <= 120 and "/" not in name(pruned)
     assert pruned.agent.model.total_params < dense.agent.model.total_params

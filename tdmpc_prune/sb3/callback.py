@@ -13,6 +13,7 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from ..config import PruneConfig
 from ..errors import PruneConfigError
 from ..pruner import Pruner
+from ..validation import check_number, check_type
 from ..tensorboard import ImportanceHeatmap, log_pruner, prune_hparams
 from .components import optimizers
 from .io import bind
@@ -77,10 +78,12 @@ class PruningCallback(BaseCallback):
             if set(options) - set(PruneConfig().to_dict()):
                 raise PruneConfigError(f"{e}; PruningCallback itself also takes {', '.join(CALLBACK_OPTIONS)}") from None
             raise
-        if total_timesteps is not None and (not isinstance(total_timesteps, int) or total_timesteps < 1):
-            raise PruneConfigError(f"total_timesteps must be a positive int (the run length), got {total_timesteps!r}")
-        if not isinstance(log_freq, int) or log_freq < 1:
-            raise PruneConfigError(f"log_freq must be a positive int (timesteps), got {log_freq!r}")
+        if total_timesteps is not None:
+            check_number(PruneConfigError, "total_timesteps", total_timesteps, low=1, integer=True,
+                         what="the run length; none: that of the first learn()", example=100_000)
+        check_number(PruneConfigError, "log_freq", log_freq, low=1, integer=True, what="timesteps between prune/* logs", example=1000)
+        check_type(PruneConfigError, "heatmap", heatmap, bool, "True")
+        check_number(PruneConfigError, "verbose", verbose, low=0, integer=True, example=1)
         self.options = dict(options)
         self.total_timesteps = total_timesteps
         self.log_freq = log_freq

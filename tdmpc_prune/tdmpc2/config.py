@@ -17,6 +17,8 @@ import typing
 from dataclasses import dataclass, fields
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
 
+from ..validation import check_number, check_order, check_type
+
 # Presets of the paper (official `MODEL_SIZE`) plus a small CPU preset.  Keys: str(model_size).
 MODEL_SIZES: Dict[str, Dict[str, int]] = {
     "cpu": dict(enc_dim=128, mlp_dim=256, latent_dim=64, num_enc_layers=2, num_q=2),
@@ -53,7 +55,7 @@ class TDMPC2Config:
     save_freq: int = 10_000  # checkpoint at the first episode end after every save_freq env steps
     log_freq: int = 100  # updates between train/* loss scalars (averaged over the interval)
     logdir: str = "runs"
-    exp_name: str = "default"  # run name; with --prune and no exp_name given: "pruned"
+    exp_name: str = "default"  # run name; not given: "default"/"pruned" plus the options changed (see rundir.py)
     resume: bool = False
     progress: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -153,13 +155,50 @@ class TDMPC2Config:
 
     # ------------------------------------------------------------------------------ validation
     def validate(self) -> "TDMPC2Config":
+        """Check every option (type, finiteness, range, ordered pairs) before anything is built."""
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            check_type(ConfigError, f.name, getattr(self, f.name), hints[f.name], _example(f.default))
         if str(self.model_size) not in MODEL_SIZES and self.model_size is not None:
             raise ConfigError(
                 f"model_size={self.model_size!r} is not a preset; choose one of {', '.join(MODEL_SIZES)} "
                 "(millions of parameters; `cpu` is a ~0.5M agent for one CPU core)"
             )
-        if self.simnorm_dim < 1 or self.latent_dim % self.simnorm_dim:
-            lo = max(self.simnorm_dim, self.latent_dim // max(self.simnorm_dim, 1) * self.simnorm_dim)
+        positive = ("steps", "batch_size", "horizon", "iterations", "num_samples", "num_elites", "num_q",
+                    "episode_length", "action_repeat", "eval_freq", "save_freq", "log_freq", "buffer_size",
+                    "enc_dim", "mlp_dim", "latent_dim", "num_enc_layers", "simnorm_dim")
+        for key in positive:
+            check_number(ConfigError, key, getattr(self, key), low=1, integer=True, example=_default(key))
+        for key in ("seed", "eval_episodes", "task_dim", "num_bins", "num_pi_trajs"):
+            check_number(ConfigError, key, getattr(self, key), low=0, integer=True, example=_default(key))
+        for key, what in (("seed_steps", "env steps of random actions; none for the default"),
+                          ("threads", "torch threads; none keeps torch's default"),
+                          ("obs_dim", "leave unset: filled from the task"), ("action_dim", "leave unset: filled from the task")):
+            value = getattr(self, key)
+            if value is not None:
+                check_number(ConfigError, key, value, low=0 if key == "seed_steps" else 1, integer=True, what=what,
+                             example={"seed_steps": 1000, "threads": 1}.get(key))
+        for key in ("reward_coef", "value_coef", "termination_coef", "consistency_coef", "enc_lr_scale", "entropy_coef"):
+            check_number(ConfigError, key, getattr(self, key), low=0, example=_default(key))
+        for key, what in (("lr", "the learning rate"), ("grad_clip_norm", "the gradient-norm clip"),
+                          ("discount_denom", "episode_length/discount_denom sets the discount"),
+                          ("temperature", "the MPPI temperature"), ("max_std", "the planner's largest action std")):
+            check_number(ConfigError, key, getattr(self, key), low=0, low_open=True, what=what, example=_default(key))
+        check_number(ConfigError, "tau", self.tau, 0, 1, low_open=True, what="the target-network update rate", example=0.01)
+        check_number(ConfigError, "rho", self.rho, 0, 1, low_open=True, what="the temporal weight of the losses", example=0.5)
+        for key in ("discount_min", "discount_max"):
+            check_number(ConfigError, key, getattr(self, key), 0, 1, example=_default(key))
+        check_number(ConfigError, "min_std", self.min_std, low=0, example=0.05)
+        check_number(ConfigError, "dropout", self.dropout, 0, 1, high_open=True, example=0.01)
+        for key in ("log_std_min", "log_std_max", "vmin", "vmax"):
+            check_number(ConfigError, key, getattr(self, key), example=_default(key))
+        check_order(ConfigError, "discount_min", self.discount_min, "discount_max", self.discount_max)
+        check_order(ConfigError, "min_std", self.min_std, "max_std", self.max_std)
+        check_order(ConfigError, "log_std_min", self.log_std_min, "log_std_max", self.log_std_max, strict=True)
+        if self.vmax <= self.vmin:
+            raise ConfigError(f"vmax={self.vmax} must exceed vmin={self.vmin}; raise vmax or lower vmin")
+        if self.latent_dim % self.simnorm_dim:
+            lo = max(self.simnorm_dim, self.latent_dim // self.simnorm_dim * self.simnorm_dim)
             raise ConfigError(
                 f"latent_dim={self.latent_dim} is not a multiple of the SimNorm group size simnorm_dim={self.simnorm_dim}; "
                 f"use e.g. latent_dim={lo} or latent_dim={lo + self.simnorm_dim}"
@@ -168,31 +207,35 @@ class TDMPC2Config:
             dims = getattr(self, key)
             if dims is not None and (not dims or any(int(d) < 1 for d in dims)):
                 raise ConfigError(f"{key}={dims!r}: give a non-empty list of positive widths, e.g. {key}=[256,256]")
-        positive = ("steps", "batch_size", "horizon", "iterations", "num_samples", "num_elites", "num_q",
-                    "episode_length", "action_repeat", "eval_freq", "save_freq", "log_freq", "buffer_size",
-                    "enc_dim", "mlp_dim", "latent_dim", "num_enc_layers")
-        for key in positive:
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)!r}")
         if self.num_q < 2:
             raise ConfigError(f"num_q must be >= 2 (two members are subsampled for min/avg Q), got {self.num_q}")
         if self.num_elites > self.num_samples:
             raise ConfigError(f"num_elites={self.num_elites} exceeds num_samples={self.num_samples}; lower num_elites")
         if not 0 <= self.num_pi_trajs < self.num_samples:
             raise ConfigError(f"num_pi_trajs={self.num_pi_trajs} must be in [0, num_samples={self.num_samples})")
-        if self.eval_episodes < 0:
-            raise ConfigError(f"eval_episodes must be >= 0, got {self.eval_episodes}")
+        if self.episode_length < self.horizon:
+            raise ConfigError(
+                f"episode_length={self.episode_length} is shorter than the planning horizon={self.horizon}: "
+                f"training windows of horizon+1 steps would not fit an episode; raise episode_length or lower horizon"
+            )
+        if self.buffer_size < self.episode_length + 1:
+            raise ConfigError(
+                f"buffer_size={self.buffer_size} cannot hold one episode ({self.episode_length} steps + its first "
+                f"observation); give buffer_size >= {self.episode_length + 1}"
+            )
         if self.obs != "state":
             raise ConfigError(f"obs={self.obs!r}: only state observations are supported (obs=state)")
         dev = str(self.device)
-        if not (dev in DEVICES or dev.startswith("cuda:")):
+        if not (dev in DEVICES or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ConfigError(f"device={dev!r}: choose auto, cpu, cuda or cuda:<index>")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.num_bins < 0:
-            raise ConfigError(f"num_bins must be >= 0 (0: plain regression, 1: symlog regression), got {self.num_bins}")
-        if self.vmax <= self.vmin:
-            raise ConfigError(f"vmax={self.vmax} must exceed vmin={self.vmin}")
+        for key in ("task", "logdir", "exp_name"):
+            if not getattr(self, key).strip():
+                raise ConfigError(f"{key}={getattr(self, key)!r}: must not be empty; e.g. {key}={_default(key)}")
+        if self.exp_name in (".", "..") or any(c in self.exp_name for c in "/\\\0"):
+            raise ConfigError(
+                f"exp_name={self.exp_name!r}: a run name is one directory name (no '/', '\\', '.' or '..'); "
+                "put nesting into logdir= instead"
+            )
         if self.multitask and self.task_dim < 1:
             self.task_dim = 96
         return self
@@ -207,6 +250,16 @@ class TDMPC2Config:
         if unknown:
             raise ConfigError(f"unknown config key {unknown[0]!r}.{_near(unknown[0], names)}")
         return cls(**d)
+
+
+def _default(key: str) -> Any:
+    return next(f.default for f in fields(TDMPC2Config) if f.name == key)
+
+
+def _example(default: Any) -> Optional[str]:
+    if default is None or default is dataclasses.MISSING:
+        return None
+    return str(default).lower() if isinstance(default, bool) else str(default)
 
 
 # ---------------------------------------------------------------------------------------- parser

@@ -15,7 +15,7 @@ import torch
 from ..config import PruneConfig
 from ..errors import PruneError
 from ..pruner import Pruner
-from ..tensorboard import ImportanceHeatmap, WriterSink, log_pruner, prune_hparams
+from ..tensorboard import ImportanceHeatmap, OncePerStep, WriterSink, log_pruner, prune_hparams
 from ..timing import Timing, time_calls
 from .attach import attach
 
@@ -32,6 +32,8 @@ class PruneCallback:
         self.pruner: Optional[Pruner] = None
         self.heatmap = ImportanceHeatmap()
         self.original_cfg: Optional[Dict[str, Any]] = None
+        self._sink: Optional[OncePerStep] = None
+        self._full_step: Optional[int] = None
 
     # ------------------------------------------------------------------------------ wiring
     def _build(self, trainer) -> Pruner:
@@ -74,7 +76,8 @@ class PruneCallback:
             self._build(trainer)
         print(f"[tdmpc-prune] pruning {len(self.pruner.groups)} groups to sparsity {self.config.sparsity} "
               f"({self.config.criterion}, {self.config.schedule})")
-        self._log(trainer, full=True)
+        if not trainer.resumed:  # a resumed run logged this step before its checkpoint
+            self._log(trainer, full=True)
 
     def on_update(self, trainer, step: int, info: Mapping[str, torch.Tensor]) -> None:
         report = self.pruner.step(trainer.step)
@@ -90,13 +93,22 @@ class PruneCallback:
 
     # ------------------------------------------------------------------------------ logging
     def _log(self, trainer, full: bool) -> None:
-        sink = WriterSink(trainer.writer)
+        """Write the view at the trainer's step; a tag already written at this step is not written again
+        (an update, an evaluation and the start of the run can all fall on one step)."""
+        step = trainer.step
+        if self._sink is None or self._sink.writer is not trainer.writer:
+            self._sink = OncePerStep(WriterSink(trainer.writer))
+        sink = self._sink
         if full:
-            log_pruner(sink, self.pruner, trainer.step, self.heatmap)
-            sink.scalar("prune/plan_ms", plan_latency_ms(trainer.agent, self.latency_repeats), trainer.step)
+            if self._full_step == step:
+                return
+            self._full_step = step
+            heatmap = self.heatmap if not (self.heatmap.steps and self.heatmap.steps[-1] == step) else None
+            log_pruner(sink, self.pruner, step, heatmap)
+            sink.scalar("prune/plan_ms", plan_latency_ms(trainer.agent, self.latency_repeats), step)
         else:
             for k, v in self.pruner.metrics(with_flops=False).items():
-                sink.scalar(f"prune/{k}", v, trainer.step)
+                sink.scalar(f"prune/{k}", v, step)
 
 
 @torch.no_grad()

@@ -11,19 +11,25 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..errors import RunError
 from .config import ConfigError, TDMPC2Config, parse_overrides
+from .rundir import RunLock, claim, default_exp_name
 from .trainer import CHECKPOINT, Trainer, run_dir, seed_everything
 
 # Keys that may differ between a checkpoint and the command that resumes it.
 RESUMABLE_KEYS = ("steps", "eval_freq", "eval_episodes", "save_freq", "log_freq", "progress", "device", "compile",
                   "threads", "resume", "logdir")
+# Keys that never enter a derived run name: run control, and what the run directory path already holds.
+UNNAMED_KEYS = RESUMABLE_KEYS + ("task", "seed", "exp_name")
+CHECKPOINT_KEYS = ("version", "cfg", "agent", "buffer", "counters")
 
 
-class ResumeError(RuntimeError):
-    """`resume=true` cannot continue: no checkpoint, or an incompatible override."""
+class ResumeError(RunError):
+    """`resume=true` cannot continue: no checkpoint, an unreadable one, or an incompatible override."""
 
 
-def build(cfg: TDMPC2Config, callbacks: Sequence[Any] = (), directory: Optional[str] = None) -> Trainer:
+def build(cfg: TDMPC2Config, callbacks: Sequence[Any] = (), directory: Optional[str] = None,
+          lock: Optional[RunLock] = None) -> Trainer:
     """Environments (train, eval), agent, buffer and trainer for a fresh run of `cfg` (seeds everything)."""
     from .agent import TDMPC2
     from .buffer import ReplayBuffer
@@ -49,18 +55,12 @@ def build(cfg: TDMPC2Config, callbacks: Sequence[Any] = (), directory: Optional[
     capacity = min(cfg.buffer_size, episodes * (cfg.episode_length + 1))
     storage = agent.device if agent.device.type == "cuda" and capacity * (env.obs_dim + env.action_dim) < 2**28 else None
     buffer = ReplayBuffer(capacity, env.obs_dim, env.action_dim, cfg.horizon, cfg.batch_size, agent.device, storage)
-    return Trainer(cfg, agent, env, eval_env, buffer, callbacks, directory)
+    return Trainer(cfg, agent, env, eval_env, buffer, callbacks, directory, lock=lock)
 
 
 def resume_config(cfg: TDMPC2Config, given: Sequence[str], directory: str) -> Tuple[TDMPC2Config, Dict[str, Any]]:
     """Load `directory`'s checkpoint and merge the run-control overrides of `cfg` into its config."""
-    path = os.path.join(directory, CHECKPOINT)
-    if not os.path.exists(path):
-        raise ResumeError(
-            f"resume=true but there is no checkpoint at {path}; start the run without resume=true "
-            "(or check task, exp_name, seed and logdir)"
-        )
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(os.path.join(directory, CHECKPOINT))
     pruned = state.get("callbacks", {}).get("prune")
     # a pruning run is rebuilt from its original (unpruned) config; the pruner then replays its history
     saved = dict(pruned["original_cfg"] if pruned is not None else state["cfg"])
@@ -76,6 +76,31 @@ def resume_config(cfg: TDMPC2Config, given: Sequence[str], directory: str) -> Tu
         if k in RESUMABLE_KEYS:
             saved[k] = getattr(cfg, k)
     return TDMPC2Config.from_dict(saved), state
+
+
+def load_checkpoint(path: str) -> Dict[str, Any]:
+    """The training state saved at `path`; a missing, empty, truncated or foreign file is a `ResumeError`."""
+    if not os.path.exists(path):
+        raise ResumeError(
+            f"resume=true but there is no checkpoint at {path}; start the run without resume=true "
+            "(or check task, exp_name, seed and logdir)"
+        )
+    keep = "the file was left as it is: restore it from a copy, or start a new run with another exp_name="
+    if os.path.getsize(path) == 0:
+        raise ResumeError(f"the checkpoint {path} is empty (0 bytes); {keep}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated zip, foreign pickle, ...: torch raises many kinds
+        detail = (str(e).strip().splitlines() or [""])[0][:120]
+        raise ResumeError(
+            f"the checkpoint {path} cannot be read ({type(e).__name__}: {detail}): it is truncated or not a "
+            f"tdmpc-prune checkpoint; {keep}"
+        ) from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        what = f"a dict without {', '.join(missing)}" if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise ResumeError(f"{path} is not a tdmpc-prune training checkpoint (it holds {what}); {keep}")
+    return state
 
 
 def usage() -> str:
@@ -108,28 +133,54 @@ def train(tokens: Sequence[str], callbacks: Sequence[Any] = ()) -> Optional[Trai
         return None
     parsed = parse_overrides(tokens)
     cfg = parsed.cfg
-    callbacks = list(callbacks) + _prune_callbacks(parsed)
+    prune_callbacks = _prune_callbacks(parsed)
+    callbacks = list(callbacks) + prune_callbacks
     given = _given_keys(tokens)
-    if parsed.prune_flag and "exp_name" not in given:  # a pruned run lands beside the dense `default` one
-        cfg = replace(cfg, exp_name="pruned")
+    if "exp_name" not in given:  # runs with different options never share a directory
+        cfg = replace(cfg, exp_name=_derived_name(cfg, given, prune_callbacks))
     directory = run_dir(cfg)
-    state = None
-    if cfg.resume:
-        cfg, state = resume_config(cfg, given, directory)
-        if "prune" in state.get("callbacks", {}) and not parsed.prune_flag:
-            raise ResumeError("this run was pruning during training: resume it with --prune (its prune options come from the checkpoint)")
-    elif os.path.exists(os.path.join(directory, CHECKPOINT)):
-        raise ResumeError(
-            f"{directory} already holds a run ({CHECKPOINT}); continue it with resume=true, or start a new run "
-            "beside it with another exp_name= (or seed=, logdir=)"
-        )
-    trainer = build(cfg, callbacks, directory)
-    if state is not None:
-        trainer.load_state_dict(state)
-    print(f"[tdmpc-prune] {cfg.task} seed {cfg.seed}: {trainer.agent.model.total_params:,} params on {trainer.agent.device}; "
-          f"logging to {directory}" + (f" (resumed at step {trainer.step:,})" if state is not None else ""))
-    trainer.train()
+    if cfg.resume and not os.path.exists(os.path.join(directory, CHECKPOINT)):
+        load_checkpoint(os.path.join(directory, CHECKPOINT))  # the clear "no checkpoint" error, nothing created
+    lock = claim(directory, stale=(CHECKPOINT + ".tmp",))
+    try:
+        state = None
+        if cfg.resume:
+            cfg, state = resume_config(cfg, given, directory)
+            pruning = "prune" in state.get("callbacks", {})
+            if pruning and not parsed.prune_flag:
+                raise ResumeError("this run was pruning during training: resume it with --prune (its prune options come from the checkpoint)")
+            if parsed.prune_flag and not pruning:
+                raise ResumeError(
+                    f"the run in {directory} was trained dense (its checkpoint at step {state['counters']['step']:,} has no "
+                    "pruner): --prune cannot join it midway, its past pruning events would all fire at once on one update "
+                    "of statistics; resume it without --prune, or start a pruning run (without resume=true)"
+                )
+        elif os.path.exists(os.path.join(directory, CHECKPOINT)):
+            raise ResumeError(
+                f"{directory} already holds a run ({CHECKPOINT}); continue it with resume=true, or start a new run "
+                "beside it with another exp_name= (or seed=, logdir=)"
+            )
+        trainer = build(cfg, callbacks, directory, lock=lock)
+        if state is not None:
+            trainer.load_state_dict(state)
+        print(f"[tdmpc-prune] {cfg.task} seed {cfg.seed}: {trainer.agent.model.total_params:,} params on {trainer.agent.device}; "
+              f"logging to {directory}" + (f" (resumed at step {trainer.step:,})" if state is not None else ""))
+        trainer.train()
+    finally:
+        lock.release()
     return trainer
+
+
+def _derived_name(cfg: TDMPC2Config, given: Sequence[str], prune_callbacks: Sequence[Any]) -> str:
+    """`default` / `pruned`, plus the options that differ from their defaults (see `rundir.default_exp_name`)."""
+    from ..config import PruneConfig
+
+    defaults = TDMPC2Config().to_dict()
+    options = {k: getattr(cfg, k) for k in given if k not in UNNAMED_KEYS}
+    if not prune_callbacks:
+        return default_exp_name("default", options, defaults)
+    prune = prune_callbacks[0].config.to_dict()
+    return default_exp_name("pruned", options, defaults, prune, PruneConfig().to_dict())
 
 
 def _prune_callbacks(parsed) -> List[Any]:

@@ -2,11 +2,16 @@
 
 Steps are environment steps (agent steps x action repeat).  The loop runs whole episodes:
 
-    eval if due -> reset -> [act (random during seed steps) -> env step -> update(s)] x episode
-    -> add episode to the buffer -> log -> callbacks.on_episode_end -> checkpoint if due
+    eval at step 0 -> { reset -> [act (random during seed steps) -> env step -> update(s)] x episode
+    -> add episode to the buffer -> log -> callbacks.on_episode_end -> eval if due -> checkpoint if due }
+    -> final eval and checkpoint
 
 Checkpoints are taken only at episode boundaries, where the environments' state is just their
-RNG, so `resume=true` continues bit-for-bit (same thread count and device).
+RNG, so `resume=true` continues bit-for-bit (same thread count and device).  Everything logged
+at a step is logged before that step's checkpoint, so a resumed run opens its TensorBoard writer
+with `purge_step = checkpoint step + 1`: what a killed run wrote after its last checkpoint is
+dropped, and the curves continue without a duplicated or backward step.  The run directory is
+owned by the trainer while it runs (`rundir.RunLock`); checkpoints are written atomically.
 
 Callbacks are plain objects with any of these optional methods:
 
@@ -35,6 +40,7 @@ from .agent import TDMPC2
 from .buffer import ReplayBuffer
 from .config import TDMPC2Config
 from .envs import DMControlEnv
+from .rundir import RunLock, atomic_save, claim
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -89,12 +95,15 @@ class Trainer:
         buffer: ReplayBuffer,
         callbacks: Sequence[Any] = (),
         directory: Optional[str] = None,
+        lock: Optional[RunLock] = None,
     ):
         self.cfg, self.agent, self.env, self.eval_env, self.buffer = cfg, agent, env, eval_env, buffer
         self.callbacks: List[Any] = list(callbacks)
         self.directory = directory or run_dir(cfg)
-        os.makedirs(self.directory, exist_ok=True)
-        self.writer = SummaryWriter(self.directory)
+        self._lock = lock if lock is not None else claim(self.directory, stale=(CHECKPOINT + ".tmp",))
+        self._writer: Optional[SummaryWriter] = None
+        self._purge_step: Optional[int] = None
+        self._saved_step: Optional[int] = None
         self.total_steps = int(cfg.steps)  # environment steps
         self.step = 0  # environment steps so far
         self.agent_step = 0
@@ -113,6 +122,20 @@ class Trainer:
         self._loss_keys: List[str] = []
         self._loss_count = 0
         self.resumed = False
+
+    @property
+    def writer(self) -> SummaryWriter:
+        """The run's TensorBoard writer (opened on first use; on resume it purges steps after the checkpoint)."""
+        if self._writer is None:
+            self._writer = SummaryWriter(self.directory, purge_step=self._purge_step)
+        return self._writer
+
+    def close(self) -> None:
+        """Flush and close the writer and give up the run directory (the trainer can train again later)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._lock.release()
 
     # ------------------------------------------------------------------------------ callbacks
     def _emit(self, hook: str, *args: Any) -> None:
@@ -137,34 +160,46 @@ class Trainer:
 
     def train(self) -> Dict[str, float]:
         """Run until `total_steps` env steps (whole episodes); return the final evaluation metrics."""
+        self._lock.acquire()
+        if self.resumed and self.step >= self.total_steps:  # a finished run: nothing to add, nothing to log twice
+            self.close()
+            return {"episode_reward": self.last_eval_reward} if self.last_eval_reward == self.last_eval_reward else {}
         if not self.resumed:
             self._log_hparams()
         self._emit("on_train_start")
         per_episode = self.cfg.episode_length * self.cfg.action_repeat  # the run ends on an episode boundary
         bar = _progress(self.cfg.progress, -(-self.total_steps // per_episode) * per_episode, self.step)
         try:
+            if self.step >= self.next_eval:  # step 0 of a fresh run
+                self._evaluate_due()
             while self.step < self.total_steps:
-                if self.step >= self.next_eval:
-                    self.evaluate_and_log()
-                    while self.next_eval <= self.step:
-                        self.next_eval += self.cfg.eval_freq
                 before = self.step
                 self._run_episode()
                 if bar is not None:
                     bar.update(self.step - before)
                     bar.set_postfix(sps=f"{self.steps_per_second:.1f}", ret=f"{self.last_episode_reward:.1f}",
                                     eval=f"{self.last_eval_reward:.1f}", refresh=False)
+                if self.step >= self.total_steps:
+                    break  # the final evaluation and checkpoint follow
+                if self.step >= self.next_eval:
+                    self._evaluate_due()
                 if self.step >= self.next_save:
                     while self.next_save <= self.step:
                         self.next_save += self.cfg.save_freq
                     self.save_checkpoint()
-            metrics = self.evaluate_and_log()
+            metrics = self._evaluate_due()
             self.save_checkpoint()
             return metrics
         finally:
             if bar is not None:
                 bar.close()
-            self.writer.flush()
+            self.close()
+
+    def _evaluate_due(self) -> Dict[str, float]:
+        metrics = self.evaluate_and_log()
+        while self.next_eval <= self.step:
+            self.next_eval += self.cfg.eval_freq
+        return metrics
 
     def _run_episode(self) -> None:
         cfg, agent = self.cfg, self.agent
@@ -189,8 +224,8 @@ class Trainer:
             if self.step >= self.seed_steps and self.buffer.num_eps > 0:
                 n = 1 if self.pretrained else self.agent_step  # pretrain on the seed data first (official)
                 self.pretrained = True
-                for _ in range(n):
-                    self._update()
+                for i in range(n):  # a burst of updates at one step logs its losses once, at its end
+                    self._update(flush=i == n - 1)
         self.buffer.add(
             torch.from_numpy(np.stack(obs_l)), torch.from_numpy(np.stack(act_l).astype(np.float32)),
             torch.tensor(rew_l, dtype=torch.float32), torch.tensor(term_l, dtype=torch.float32),
@@ -203,12 +238,12 @@ class Trainer:
             self.writer.add_scalar(f"train/{k}", v, self.step)
         self._emit("on_episode_end", self.step, ep)
 
-    def _update(self) -> None:
+    def _update(self, flush: bool = True) -> None:
         info = self.agent.update(self.buffer)
         self.updates += 1
         self._accumulate(info)
         self._emit("on_update", self.step, info)
-        if self._loss_count >= self.cfg.log_freq:
+        if flush and self._loss_count >= self.cfg.log_freq:
             self._flush_losses()
 
     def _accumulate(self, info: Mapping[str, torch.Tensor]) -> None:
@@ -298,12 +333,16 @@ class Trainer:
         }
 
     def save_checkpoint(self, path: Optional[str] = None) -> str:
-        """Write the full training state atomically (temporary file, then `os.replace`)."""
+        """Write the full training state atomically (temporary file, fsync, then `os.replace`).
+
+        A failed write (disk full, read-only) raises `RunError` and leaves the last good checkpoint
+        and no partial file behind."""
         path = path or self.checkpoint_path
-        tmp = path + ".tmp"
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
-        self.writer.flush()
+        state = self.state_dict()
+        self.writer.flush()  # the events up to this step are on disk before the checkpoint says they are
+        last = f"the checkpoint of step {self._saved_step:,}" if self._saved_step is not None else ""
+        atomic_save(state, path, last_good=last)
+        self._saved_step = self.step
         return path
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -327,6 +366,11 @@ class Trainer:
         self.last_episode_reward, self.last_eval_reward = c["last_episode_reward"], c["last_eval_reward"]
         self._elapsed = c["elapsed"]
         self._start, self._step_at_start = time.time(), self.step
+        self._saved_step = self.step
+        self._purge_step = self.step + 1  # everything up to the checkpoint's step was logged before it
+        if self._writer is not None:  # reopen: TensorBoard drops what a killed run wrote after the checkpoint
+            self._writer.close()
+            self._writer = None
         for key, cb in zip(self._callback_keys(), self.callbacks):
             if key in saved and hasattr(cb, "load_state_dict"):
                 cb.load_state_dict(saved[key])

@@ -1,0 +1,91 @@
+"""Refuse what the pruner cannot do consistently, before anything changes.
+
+* `check_sliceable`: at `Pruner` construction, one unit of every group that may shrink is removed
+  for a trial (`Surgeon.trial`), the traced forward is run, and everything is put back.  A tensor
+  used in two roles (a decoder reading `enc.weight.t()`, a weight tied across layers) or by an op
+  the dependency graph cannot see makes that forward fail or change an output's shape; such a group
+  is named and refused instead of being half-pruned at an event deep into a run.
+* `foreign_optimizers`: optimizers that hold state for tensors physical pruning would shrink but
+  that the pruner was never attached to (their `exp_avg` would no longer fit).
+"""
+from __future__ import annotations
+
+import gc
+import weakref
+from typing import Any, Callable, List, Sequence, Tuple
+
+import torch
+
+from .errors import PruneError
+from .groups import Group
+from .layers import side_effect_free
+from .surgery import Surgeon
+
+
+def _shapes(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return tuple(out.shape)
+    if isinstance(out, (list, tuple)):
+        return [_shapes(o) for o in out]
+    if isinstance(out, dict):
+        return {k: _shapes(v) for k, v in out.items()}
+    return None
+
+
+def _trial(surgeon: Surgeon, groups: Sequence[Group], run: Callable[[], Any], expected: Any) -> str:
+    """'' if the model still runs with one unit of each group removed, else what went wrong."""
+    removals = {g.id: torch.arange((g.units - 1) * g.unit, g.units * g.unit) for g in groups}
+    try:
+        with surgeon.trial(removals):
+            got = _shapes(run())
+    except (RuntimeError, ValueError, IndexError, TypeError) as e:
+        return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    if got != expected:
+        return f"the outputs change shape ({expected} -> {got})"
+    return ""
+
+
+@torch.no_grad()
+def check_sliceable(model: torch.nn.Module, surgeon: Surgeon, groups: Sequence[Group], run: Callable[[], Any]) -> None:
+    """Raise `PruneError` naming every group whose removal the model cannot run with (model untouched)."""
+    if not groups:
+        return
+    with side_effect_free(model):  # no buffer, train/eval flag or random state changes either
+        expected = _shapes(run())
+        if not _trial(surgeon, groups, run, expected):
+            return
+        bad = [(g, why) for g in groups for why in [_trial(surgeon, [g], run, expected)] if why]
+    if not bad:  # only their combination fails: name them all
+        bad = [(g, "removing units of several groups at once breaks the forward") for g in groups]
+    g, why = bad[0]
+    others = f" (also: {', '.join(repr(b.id) for b, _ in bad[1:])})" if len(bad) > 1 else ""
+    fix = "keep coupling groups whole (coupling=protect) or " if g.kind == "coupling" else ""
+    raise PruneError(
+        f"group {g.id!r} ({', '.join(g.components)}) cannot be pruned consistently{others}: with one of its channels "
+        f"removed the model fails ({why}). One of its tensors is used in two roles (e.g. a decoder reading "
+        f"enc.weight.t()) or by an op the dependency graph does not see; {fix}exclude it (exclude=[{g.id!r}]). "
+        "Nothing was changed."
+    )
+
+
+def foreign_optimizers(tensors: Sequence[torch.Tensor], attached: Sequence[torch.optim.Optimizer]
+                       ) -> List[Tuple[torch.optim.Optimizer, int]]:
+    """Live optimizers not in `attached` with state shaped like one of `tensors`, and how many such tensors."""
+    mine = {id(o) for o in attached}
+
+    def scan() -> List[Tuple[Any, int]]:
+        out = []
+        for obj in gc.get_objects():
+            if not issubclass(type(obj), torch.optim.Optimizer) or id(obj) in mine:
+                continue
+            n = sum(1 for t in tensors if any(torch.is_tensor(v) and v.shape == t.shape and v.dim() > 0
+                                                for v in obj.state.get(t, {}).values()))
+            if n:
+                out.append((weakref.ref(obj), n))
+        return out
+
+    found = scan()
+    if found:  # an optimizer that is garbage but not yet collected does not count
+        gc.collect()
+        found = [(ref, n) for ref, n in found if ref() is not None]
+    return [(ref(), n) for ref, n in found]
