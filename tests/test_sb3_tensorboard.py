@@ -8,6 +8,7 @@ import torch as th
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tdmpc_prune.sb3 import get_pruner, wrap
+from tdmpc_prune.tensorboard import repeated_steps
 from test_sb3 import SCHEDULE, STEPS, make
 
 th.set_num_threads(1)
@@ -32,6 +33,7 @@ def test_dense_and_pruned_runs_side_by_side(tmp_path) -> None:
     assert not [t for t in d.Tags()["scalars"] if t.startswith("prune/")]
 
     acc = read(os.path.join(logdir, "ppo_bayes_50_1"))
+    assert not repeated_steps(os.path.join(logdir, "ppo_bayes_50_1"))  # no tag twice at one step
     tags = acc.Tags()
     assert "rollout/ep_rew_mean" in tags["scalars"]
     pruner = get_pruner(pruned)

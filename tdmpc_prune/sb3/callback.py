@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import HParam, Image, Logger
+from stable_baselines3.common.logger import HParam, Image, KVWriter, Logger
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 from ..config import PruneConfig
@@ -47,6 +47,22 @@ def first_update(model: Any) -> int:
     if isinstance(model, OnPolicyAlgorithm):
         return int(model.n_steps * model.n_envs)
     return int(getattr(model, "learning_starts", 0))
+
+
+class DumpWatch(KVWriter):
+    """An output format that writes nothing: it remembers the step and tags of the logger's last dump."""
+
+    def __init__(self) -> None:
+        self.step: Optional[int] = None
+        self.tags: set = set()
+
+    def write(self, key_values: Dict[str, Any], key_excluded: Dict[str, Any], step: int = 0) -> None:
+        if step != self.step:
+            self.step, self.tags = step, set()
+        self.tags |= set(key_values)
+
+    def close(self) -> None:
+        return None
 
 
 class PruningCallback(BaseCallback):
@@ -90,6 +106,8 @@ class PruningCallback(BaseCallback):
         self.heatmap = ImportanceHeatmap() if heatmap else None
         self.pruner: Optional[Pruner] = None
         self._last_log: Optional[int] = None
+        self._ended_at: Optional[int] = None
+        self._dumps: Optional[DumpWatch] = None
 
     # ------------------------------------------------------------------------------ SB3 events
     def _init_callback(self) -> None:
@@ -109,8 +127,14 @@ class PruningCallback(BaseCallback):
         self.logger.record(
             "hparams", HParam(prune_hparams(pruner), {"prune/sparsity": 0.0, "rollout/ep_rew_mean": 0.0}), exclude=TENSORBOARD_ONLY
         )
-        self._log(force=True)
-        self.logger.dump(now)  # the state before this learn() (dense on a fresh run) gets its own point
+        watches = [f for f in self.logger.output_formats if isinstance(f, DumpWatch)]
+        if not watches:  # SB3 configures a logger per learn()
+            watches = [DumpWatch()]
+            self.logger.output_formats.append(watches[0])
+        self._dumps = watches[0]
+        if self._ended_at != now:  # a learn() continuing at the step the last one ended on logged it already
+            self._log(force=True)
+            self.logger.dump(now)  # the state before this learn() (dense on a fresh run) gets its own point
 
     def _on_step(self) -> bool:
         return True
@@ -122,8 +146,23 @@ class PruningCallback(BaseCallback):
         self._log(force=report is not None, image=report is not None)
 
     def _on_training_end(self) -> None:
+        step = self.model.num_timesteps
         self._log(force=True, image=True)
-        self.logger.dump(self.model.num_timesteps)
+        # SB3 may have dumped this very step already: the final dump writes only the tags it has not
+        # written at this step; the others stay pending for the next dump, as SB3 leaves them
+        held = {}
+        if self._dumps is not None and self._dumps.step == step:
+            for key in [k for k in self.logger.name_to_value if k in self._dumps.tags]:
+                held[key] = (self.logger.name_to_value.pop(key), self.logger.name_to_excluded.pop(key, None),
+                             self.logger.name_to_count.pop(key, None))
+        self.logger.dump(step)
+        for key, (value, excluded, count) in held.items():
+            self.logger.name_to_value[key] = value
+            if excluded is not None:
+                self.logger.name_to_excluded[key] = excluded
+            if count is not None:
+                self.logger.name_to_count[key] = count
+        self._ended_at = step
         self.pruner.detach()
 
     # ------------------------------------------------------------------------------ logging
