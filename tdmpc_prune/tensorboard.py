@@ -171,3 +171,22 @@ def prune_hparams(config: Union[PruneConfig, Pruner]) -> Dict[str, object]:
         else:
             out[f"prune.{k}"] = v
     return out
+
+
+def logged_steps(directory: str) -> Dict[str, List[int]]:
+    """Every scalar, histogram and image tag of the event files in `directory` with its steps, as
+    TensorBoard shows them (steps purged by a resumed writer's `purge_step` are gone)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(directory, size_guidance={"scalars": 0, "histograms": 0, "images": 0, "tensors": 0})
+    ea.Reload()
+    tags = ea.Tags()
+    out = {t: [e.step for e in ea.Scalars(t)] for t in tags["scalars"]}
+    out.update({t: [e.step for e in ea.Histograms(t)] for t in tags["histograms"]})
+    out.update({t: [e.step for e in ea.Images(t)] for t in tags["images"]})
+    return out
+
+
+def repeated_steps(directory: str) -> Dict[str, List[int]]:
+    """Tags whose steps repeat or go back (empty for a clean run), with their steps."""
+    return {t: s for t, s in logged_steps(directory).items() if s != sorted(set(s))}

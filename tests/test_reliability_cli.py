@@ -14,9 +14,9 @@ from typing import Dict, List
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tdmpc_prune.cli import main
+from tdmpc_prune.tensorboard import logged_steps, repeated_steps
 from tdmpc_prune.tdmpc2.rundir import LOCK, RunLock
 from tdmpc_prune.tdmpc2.config import parse_overrides
 from tdmpc_prune.tdmpc2.train import _derived_name, _given_keys, _prune_callbacks, train
@@ -43,23 +43,9 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def steps_by_tag(directory: str) -> Dict[str, List[int]]:
-    """Every scalar, histogram and image tag of the run's event files with the steps it holds
-    (as TensorBoard shows them: purged steps are gone)."""
-    ea = EventAccumulator(directory, size_guidance={"scalars": 0, "histograms": 0, "images": 0, "tensors": 0})
-    ea.Reload()
-    tags = ea.Tags()
-    out = {t: [e.step for e in ea.Scalars(t)] for t in tags["scalars"]}
-    out.update({t: [e.step for e in ea.Histograms(t)] for t in tags["histograms"]})
-    out.update({t: [e.step for e in ea.Images(t)] for t in tags["images"]})
-    return out
-
-
 def assert_each_step_once(directory: str) -> Dict[str, List[int]]:
-    by_tag = steps_by_tag(directory)
-    for tag, steps in by_tag.items():
-        assert steps == sorted(set(steps)), f"{tag}: steps repeated or going back: {steps}"
-    return by_tag
+    assert not repeated_steps(directory), repeated_steps(directory)
+    return logged_steps(directory)
 
 
 # --------------------------------------------------------------------------------------- bad options
@@ -209,7 +195,7 @@ def test_a_killed_run_resumes_without_duplicated_steps_in_tensorboard(tmp_path):
     while proc.poll() is None and time.time() < deadline:  # kill once events past the checkpoint are on disk
         if os.path.exists(ckpt):
             saved = torch.load(ckpt, weights_only=False)["counters"]["step"]
-            evals = steps_by_tag(directory).get("eval/episode_reward", [])
+            evals = logged_steps(directory).get("eval/episode_reward", [])
             if evals and max(evals) > saved:
                 break
         time.sleep(0.05)
@@ -217,7 +203,7 @@ def test_a_killed_run_resumes_without_duplicated_steps_in_tensorboard(tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     saved = torch.load(ckpt, weights_only=False)["counters"]["step"]
-    assert max(steps_by_tag(directory)["eval/episode_reward"]) > saved  # the killed run logged past its checkpoint
+    assert max(logged_steps(directory)["eval/episode_reward"]) > saved  # the killed run logged past its checkpoint
     resumed = train(args + ["resume=true"])
     assert resumed.step == 300
     by_tag = assert_each_step_once(directory)
