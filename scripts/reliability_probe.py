@@ -218,16 +218,14 @@ def case_dense_resumed_with_prune(tmp: str) -> None:
     expect_error_line(code, err, "was trained dense")
 
 
-def case_kill_resume_tensorboard(tmp: str) -> None:
+def kill_once_logged_past_checkpoint(proc: subprocess.Popen, directory: str, timeout: float = 300) -> None:
+    """SIGKILL a training run as soon as its event files hold an evaluation after its checkpoint's step."""
     import torch
 
     from tdmpc_prune.tensorboard import logged_steps
 
-    args = run_args(tmp, "tb", 300, 50, 100)
-    directory = run_dir(tmp, "tb")
     ckpt = os.path.join(directory, "checkpoint.pt")
-    proc = subprocess.Popen(CLI + args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
+    deadline = time.time() + timeout
     while proc.poll() is None and time.time() < deadline:
         if os.path.exists(ckpt):
             saved = torch.load(ckpt, weights_only=False)["counters"]["step"]
@@ -237,7 +235,21 @@ def case_kill_resume_tensorboard(tmp: str) -> None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def case_kill_resume_tensorboard(tmp: str) -> None:
+    import torch
+
+    from tdmpc_prune.tensorboard import logged_steps
+
+    args = run_args(tmp, "tb", 300, 50, 100)
+    directory = run_dir(tmp, "tb")
+    ckpt = os.path.join(directory, "checkpoint.pt")
+    proc = subprocess.Popen(CLI + args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    kill_once_logged_past_checkpoint(proc, directory)
     check(proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {proc.stderr.read()[-300:]!r}")
+    saved = torch.load(ckpt, weights_only=False)["counters"]["step"]
+    check(max(logged_steps(directory)["eval/episode_reward"]) > saved, "nothing was logged past the checkpoint")
     resumed = train_in_process(args + ["resume=true"])
     check(resumed.step == 300, f"resumed run ended at {resumed.step}")
     by_tag = each_step_once(directory)

@@ -22,6 +22,9 @@ from tdmpc_prune.tdmpc2.config import parse_overrides
 from tdmpc_prune.tdmpc2.train import _derived_name, _given_keys, _prune_callbacks, train
 from test_tdmpc2_train import tokens
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+from reliability_probe import kill_once_logged_past_checkpoint  # noqa: E402  the probe's case, shared
+
 ENV = {**os.environ, "MUJOCO_GL": "disable", "PYTHONWARNINGS": "ignore"}
 CLI = [sys.executable, "-m", "tdmpc_prune.cli", "train"]
 
@@ -144,17 +147,17 @@ def _file_size_limit(limit: int):
 
 
 def test_a_full_disk_during_a_checkpoint_keeps_the_last_good_one(tmp_path):
-    first = train(tokens(tmp_path, "full", 100, 100, 100))
+    first = train(tokens(tmp_path, "full", 50, 50, 50))
     ckpt = first.checkpoint_path
     good = open(ckpt, "rb").read()
     # the next checkpoint is a little larger (more replay data): let the filesystem refuse it
-    proc = cli(tokens(tmp_path, "full", 300, 100, 100, "resume=true"), preexec_fn=_file_size_limit(len(good) + 512))
+    proc = cli(tokens(tmp_path, "full", 150, 50, 50, "resume=true"), preexec_fn=_file_size_limit(len(good) + 256))
     line = one_error_line(proc)
     assert f"could not write the checkpoint {ckpt}: File too large" in line
-    assert "the partial file was removed; the checkpoint of step 100 is kept" in line and "resume=true" in line
+    assert "the partial file was removed; the checkpoint of step 50 is kept" in line and "resume=true" in line
     assert open(ckpt, "rb").read() == good and not glob.glob(os.path.join(first.directory, "*.tmp"))
-    resumed = train(tokens(tmp_path, "full", 150, 100, 100, "resume=true"))  # space is back: it goes on
-    assert resumed.step == 150
+    resumed = train(tokens(tmp_path, "full", 100, 50, 50, "resume=true"))  # space is back: it goes on
+    assert resumed.step == 100
 
 
 def test_damaged_checkpoints_on_resume(tmp_path, capsys):
@@ -187,33 +190,24 @@ def test_a_dense_run_cannot_be_resumed_with_prune(tmp_path, capsys):
 
 # --------------------------------------------------------------------------------------- TensorBoard
 def test_a_killed_run_resumes_without_duplicated_steps_in_tensorboard(tmp_path):
-    args = tokens(tmp_path, "tb", 300, 50, 100)
+    args = tokens(tmp_path, "tb", 200, 50, 100)
     directory = run_dir(tmp_path, "tb")
     ckpt = os.path.join(directory, "checkpoint.pt")
     proc = subprocess.Popen(CLI + args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline, saved = time.time() + 150, None
-    while proc.poll() is None and time.time() < deadline:  # kill once events past the checkpoint are on disk
-        if os.path.exists(ckpt):
-            saved = torch.load(ckpt, weights_only=False)["counters"]["step"]
-            evals = logged_steps(directory).get("eval/episode_reward", [])
-            if evals and max(evals) > saved:
-                break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_once_logged_past_checkpoint(proc, directory, timeout=150)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     saved = torch.load(ckpt, weights_only=False)["counters"]["step"]
     assert max(logged_steps(directory)["eval/episode_reward"]) > saved  # the killed run logged past its checkpoint
     resumed = train(args + ["resume=true"])
-    assert resumed.step == 300
+    assert resumed.step == 200
     by_tag = assert_each_step_once(directory)
-    assert by_tag["eval/episode_reward"] == list(range(0, 301, 50))
-    assert by_tag["train/episode_reward"] == list(range(50, 301, 50))
+    assert by_tag["eval/episode_reward"] == list(range(0, 201, 50))
+    assert by_tag["train/episode_reward"] == list(range(50, 201, 50))
 
 
 def test_an_uninterrupted_pruning_run_writes_each_tag_once_per_step(tmp_path):
-    prune = ["--prune", "prune.schedule=iterative", "prune.start=60", "prune.end=120", "prune.iterations=2", "prune.l1=1e-4"]
-    trainer = train(tokens(tmp_path, "once", 150, 50, 150, *prune))
+    prune = ["--prune", "prune.schedule=iterative", "prune.start=60", "prune.end=80", "prune.iterations=2", "prune.l1=1e-4"]
+    trainer = train(tokens(tmp_path, "once", 100, 50, 100, *prune))
     by_tag = assert_each_step_once(trainer.directory)
     assert by_tag["prune/sparsity"][0] == 0 and 50 in by_tag["prune/plan_ms"]  # the start, the pretraining step
     assert by_tag["train/total_loss"][0] == 52 and "prune/importance_heatmap" in by_tag  # 52: the burst of seed updates
