@@ -68,6 +68,8 @@ def test_a_bad_option_fails_in_one_line_before_anything_is_built(tmp_path):
         (["--prune", "prune.prior_strength=inf"], "prior_strength=inf: must be a finite number > 0"),
         (["--prune", "prune.l1=inf"], "l1=inf: must be a finite number >= 0"),
         (["--prune", "prune.start=100", "prune.end=50"], "end (50) comes before start (100)"),
+        # needs the model: refused once it is built, and the run leaves no directory behind
+        (["--prune", "prune.exclude=[_dynamic.0]"], "exclude entry '_dynamic.0' matches no module of the model. Did you mean '_dynamics.0'"),
     ],
 )
 def test_bad_options_in_the_cli(tmp_path, capsys, extra, words):

@@ -17,7 +17,7 @@ import fcntl
 import hashlib
 import os
 import re
-from typing import Any, Dict, Iterable, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import torch
 
@@ -99,6 +99,29 @@ def claim(directory: str, stale: Iterable[str] = ()) -> RunLock:
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(directory, name))
     return lock
+
+
+def missing_dirs(directory: str) -> List[str]:
+    """`directory` and those of its parents that do not exist yet, deepest first."""
+    out = []
+    path = os.path.abspath(directory)
+    while not os.path.exists(path):
+        out.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return out
+
+
+def remove_if_unused(created: Sequence[str]) -> None:
+    """Remove the directories in `created` (deepest first) that hold nothing but a released lock."""
+    for path in created:
+        with contextlib.suppress(OSError):
+            if set(os.listdir(path)) <= {LOCK}:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(path, LOCK))
+                os.rmdir(path)
 
 
 class _RecordingWriter:

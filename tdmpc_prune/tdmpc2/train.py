@@ -13,7 +13,7 @@ import torch
 
 from ..errors import RunError
 from .config import ConfigError, TDMPC2Config, parse_overrides
-from .rundir import RunLock, claim, default_exp_name
+from .rundir import RunLock, claim, default_exp_name, missing_dirs, remove_if_unused
 from .trainer import CHECKPOINT, Trainer, run_dir, seed_everything
 
 # Keys that may differ between a checkpoint and the command that resumes it.
@@ -141,6 +141,7 @@ def train(tokens: Sequence[str], callbacks: Sequence[Any] = ()) -> Optional[Trai
     directory = run_dir(cfg)
     if cfg.resume and not os.path.exists(os.path.join(directory, CHECKPOINT)):
         load_checkpoint(os.path.join(directory, CHECKPOINT))  # the clear "no checkpoint" error, nothing created
+    created = missing_dirs(directory)
     lock = claim(directory, stale=(CHECKPOINT + ".tmp",))
     try:
         state = None
@@ -166,6 +167,10 @@ def train(tokens: Sequence[str], callbacks: Sequence[Any] = ()) -> Optional[Trai
         print(f"[tdmpc-prune] {cfg.task} seed {cfg.seed}: {trainer.agent.model.total_params:,} params on {trainer.agent.device}; "
               f"logging to {directory}" + (f" (resumed at step {trainer.step:,})" if state is not None else ""))
         trainer.train()
+    except BaseException:
+        lock.release()
+        remove_if_unused(created)  # a run refused before it wrote anything leaves no directory behind
+        raise
     finally:
         lock.release()
     return trainer

@@ -164,9 +164,9 @@ class Trainer:
         if self.resumed and self.step >= self.total_steps:  # a finished run: nothing to add, nothing to log twice
             self.close()
             return {"episode_reward": self.last_eval_reward} if self.last_eval_reward == self.last_eval_reward else {}
+        self._emit("on_train_start")  # first: a callback that refuses the run (bad prune options) leaves no event file
         if not self.resumed:
             self._log_hparams()
-        self._emit("on_train_start")
         per_episode = self.cfg.episode_length * self.cfg.action_repeat  # the run ends on an episode boundary
         bar = _progress(self.cfg.progress, -(-self.total_steps // per_episode) * per_episode, self.step)
         try:
