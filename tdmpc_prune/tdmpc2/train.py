@@ -83,7 +83,8 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     if not os.path.exists(path):
         raise ResumeError(
             f"resume=true but there is no checkpoint at {path}; start the run without resume=true "
-            "(or check task, exp_name, seed and logdir)"
+            "(or check task, exp_name, seed and logdir: a run started without exp_name= is named after its "
+            "options, so repeat them, prune.* included)"
         )
     keep = "the file was left as it is: restore it from a copy, or start a new run with another exp_name="
     if os.path.getsize(path) == 0:

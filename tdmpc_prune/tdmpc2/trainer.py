@@ -164,12 +164,13 @@ class Trainer:
         if self.resumed and self.step >= self.total_steps:  # a finished run: nothing to add, nothing to log twice
             self.close()
             return {"episode_reward": self.last_eval_reward} if self.last_eval_reward == self.last_eval_reward else {}
-        self._emit("on_train_start")  # first: a callback that refuses the run (bad prune options) leaves no event file
-        if not self.resumed:
-            self._log_hparams()
         per_episode = self.cfg.episode_length * self.cfg.action_repeat  # the run ends on an episode boundary
-        bar = _progress(self.cfg.progress, -(-self.total_steps // per_episode) * per_episode, self.step)
+        bar = None
         try:
+            self._emit("on_train_start")  # first: a callback that refuses the run (bad prune options) leaves no event file
+            if not self.resumed:
+                self._log_hparams()
+            bar = _progress(self.cfg.progress, -(-self.total_steps // per_episode) * per_episode, self.step)
             if self.step >= self.next_eval:  # step 0 of a fresh run
                 self._evaluate_due()
             while self.step < self.total_steps:
