@@ -50,6 +50,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         message = " ".join(str(e).split())  # one line, whatever the message holds
         print(f"tdmpc-prune {name}: error: {message}", file=sys.stderr)
         return 2
+    except OSError as e:  # a filesystem fault outside the checkpoint writer (event files, the environment)
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"tdmpc-prune {name}: error: {e.strerror or e}{where}; the run stopped and its last checkpoint is intact: "
+              "fix the filesystem, then continue with resume=true", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"tdmpc-prune {name}: interrupted", file=sys.stderr)
         return 130
