@@ -418,9 +418,12 @@ def main() -> None:
     parser.add_argument("--in-process", action="store_true", help="run CLI bad-input cases through cli.main")
     args = parser.parse_args()
     IN_PROCESS = args.in_process
+    import logging
+
     import torch
 
     torch.set_num_threads(1)
+    logging.getLogger("tensorboard").setLevel(logging.ERROR)  # its notes on the purged steps of a resumed run
     start = time.time()
     passed, failures = 0, []
     for case in [c for c in CASES if args.k.lower() in c.name.lower()]:
