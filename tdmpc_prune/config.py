@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
 from .errors import PruneConfigError
@@ -183,7 +183,7 @@ def _check_types(cfg: PruneConfig) -> None:
         if f.name in _OWN_CHECKS:
             continue
         value = getattr(cfg, f.name)
-        example = None if f.default is dataclasses.MISSING or f.default is None else f.default
+        example = None if f.default is MISSING or f.default is None else f.default
         check_type(PruneConfigError, f.name, value, hints[f.name], None if example is None else repr(example))
 
 
