@@ -17,15 +17,13 @@ Targets at 50 %: plan_speedup >= 2 on CPU, param_ratio <= 0.4, plan_speedup >= 0
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from tdmpc_prune import PruneConfig
-from tdmpc_prune.tdmpc2 import TDMPC2, make_config
-from tdmpc_prune.tdmpc2.attach import attach
+from tdmpc_prune.tdmpc2 import make_config
+from tdmpc_prune.tdmpc2.bench import pruned_copies
 from tdmpc_prune.tdmpc2.prune_callback import time_act
 
 SPARSITIES = (0.25, 0.5, 0.75)
@@ -47,17 +45,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
 
     cfg = make_config(task="cartpole-balance", model_size=args.model_size, obs_dim=5, action_dim=1, device=args.device)
-    dense = TDMPC2(cfg)
-    agents = {"dense": dense}
-    for s in SPARSITIES:
-        agent = TDMPC2(copy.deepcopy(cfg))
-        agent.model.load_state_dict(dense.model.state_dict())
-        pruner = attach(agent, config=PruneConfig(criterion="magnitude", sparsity=s, coupling="prune", physical=True))
-        pruner.prune_to(s)
-        agents[str(s)] = agent
+    agents = pruned_copies(cfg, SPARSITIES)
+    dense = agents["dense"]
     obs = torch.randn(cfg.obs_dim)
     times = {k: time_act(agent, obs, eval_mode=False) for k, agent in agents.items()}  # warm-up, discarded
     times = {k: time_act(agent, obs, eval_mode=False, repeats=0) for k, agent in agents.items()}

@@ -7,3 +7,7 @@ class PruneError(ValueError):
 
 class PruneConfigError(PruneError):
     """A pruning option has a bad value."""
+
+
+class ExportError(PruneError):
+    """A model cannot be exported for deployment as given (or its export does not match PyTorch)."""
