@@ -57,10 +57,10 @@ def writable_dir(path: Union[str, os.PathLike]) -> str:
 def writable_file(path: Union[str, os.PathLike], suffix: str = ".onnx") -> str:
     """Check that file `path` can be written (its directory is created); `suffix` is appended if missing."""
     path = os.fspath(path)
+    if os.path.isdir(path) or os.path.isdir(path + suffix):
+        raise ExportError(f"output path {path} is a directory; give a file name such as {os.path.join(path, 'policy' + suffix)}")
     if not path.endswith(suffix):
         path += suffix
-    if os.path.isdir(path):
-        raise ExportError(f"output path {path} is a directory; give a file name such as {os.path.join(path, 'policy' + suffix)}")
     writable_dir(os.path.dirname(os.path.abspath(path)))
     return path
 
