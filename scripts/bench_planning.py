@@ -20,21 +20,12 @@ import argparse
 import json
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from tdmpc_prune.tdmpc2 import make_config
-from tdmpc_prune.tdmpc2.bench import pruned_copies
+from tdmpc_prune.tdmpc2.bench import plan_flops, pruned_copies
 from tdmpc_prune.tdmpc2.prune_callback import time_act
 
 SPARSITIES = (0.25, 0.5, 0.75)
-
-
-@torch.no_grad()
-def _plan_flops(agent, obs: torch.Tensor) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter:
-        agent.act(obs, t0=False, eval_mode=False)
-    return int(counter.get_total_flops())
 
 
 def main() -> None:
@@ -57,7 +48,7 @@ def main() -> None:
             times[k].extend(time_act(agent, obs, eval_mode=False))
     ms = {k: t.ms for k, t in times.items()}
     params = {k: sum(p.numel() for p in a.model.parameters()) for k, a in agents.items()}
-    flops = {k: _plan_flops(a, obs) for k, a in agents.items()}
+    flops = {k: plan_flops(a, obs) for k, a in agents.items()}
     clock = "thread CPU time" if times["dense"].use_cpu else "wall time"
     print(f"model_size={args.model_size} device={dense.device} threads={args.threads}; speed-ups from {clock}")
     print(f"{'variant':>8} {'plan ms CPU':>12} {'plan ms wall':>13} {'params':>11} {'plan GFLOP':>11} {'latent':>7}")

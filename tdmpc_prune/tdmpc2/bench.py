@@ -72,6 +72,17 @@ def pruned_copies(cfg: TDMPC2Config, sparsities: Sequence[float], seed: int = 0)
     return agents
 
 
+@torch.no_grad()
+def plan_flops(agent: TDMPC2, obs: torch.Tensor) -> int:
+    """FLOPs of one `agent.act` (MPPI plan), from `torch.utils.flop_counter` (matrix products)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        agent.act(obs, t0=False, eval_mode=False)
+    return int(counter.get_total_flops())
+
+
 def bench(size: str, obs_dim: int, action_dim: int, repeats: int, warmup: int, device: str, **overrides) -> Dict[str, float]:
     cfg = make_config(model_size=size, obs_dim=obs_dim, action_dim=action_dim, device=device, **overrides)
     agent = TDMPC2(cfg)
