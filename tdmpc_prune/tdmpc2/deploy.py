@@ -31,6 +31,7 @@ from .. import deploy
 from ..ensemble import StackedEnsemble
 from ..errors import ExportError
 from . import functional as Fn
+from .attach import hidden_widths
 from .layers import NormedLinear
 from .planner import MPPIPlanner, PlanNoise
 from .world_model import WorldModel, critic_pair
@@ -311,17 +312,11 @@ def _manifest(agent, planner: MPPIPlanner, entries: Dict[str, Any]) -> Dict[str,
         "num_samples": cfg.num_samples, "num_pi_trajs": cfg.num_pi_trajs, "num_elites": cfg.num_elites,
         "iterations": planner.iterations, "num_q": len(agent.model._Qs), "discount": float(agent.discount),
         "params": int(agent.model.total_params),
-        "widths": {"latent": int(agent.model._dynamics[-1].out_features), **_widths(agent.model)},
+        "widths": {"latent": int(agent.model._dynamics[-1].out_features), **hidden_widths(agent.model)},
         "noise": NOISE,
         "atol": deploy.ATOL,
         "graphs": entries,
     }
-
-
-def _widths(wm: WorldModel) -> Dict[str, List[int]]:
-    from .attach import hidden_widths
-
-    return hidden_widths(wm)
 
 
 # ------------------------------------------------------------------------------------ runs and the command
