@@ -68,8 +68,8 @@ def test_export_a_pruned_run_and_plan_with_onnxruntime(pruned_run, tmp_path, cap
     ctrl = OrtController(out, seed=0)
     for t in range(3):
         o = np.random.default_rng(t).normal(size=agent.cfg.obs_dim).astype(np.float32)
-        noise = ctrl.noise(eval_mode=False)
-        ctrl.noise = lambda eval_mode=False, n=noise: n  # feed the controller the draws we hand to torch
+        noise = OrtController.noise(ctrl, eval_mode=False)  # fresh numpy draws ...
+        ctrl.noise = lambda eval_mode=False, n=noise: n  # ... which the controller uses and we hand to torch
         action = ctrl.act(o, t0=t == 0)
         ref = agent.planner.plan(wm, torch.as_tensor(o)[None], t0=t == 0, discount=agent.discount,
                                  noise=PlanNoise(**{k: torch.as_tensor(v) for k, v in noise.items()}))
