@@ -12,7 +12,7 @@ import logging
 import os
 import tempfile
 import warnings
-from typing import TYPE_CHECKING, Dict, Iterator, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -154,6 +154,13 @@ def _register_symbolics() -> None:
     register_custom_op_symbolic("aten::expm1", expm1, OPSET)
     register_custom_op_symbolic("aten::addcdiv", addcdiv, OPSET)
     _SYMBOLICS_DONE = True
+
+
+def input_names(path: str) -> List[str]:
+    """The inputs a graph reads (the exporter drops inputs it does not use)."""
+    import onnx
+
+    return [i.name for i in onnx.load(path, load_external_data=False).graph.input]
 
 
 def session(path: str, threads: int = 1) -> "onnxruntime.InferenceSession":

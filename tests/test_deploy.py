@@ -44,6 +44,7 @@ def test_export_a_pruned_run_and_plan_with_onnxruntime(pruned_run, tmp_path, cap
     manifest = json.load(open(os.path.join(out, MANIFEST)))
     assert set(manifest["graphs"]) == set(GRAPHS) and all(g["max_abs_diff"] <= 1e-5 for g in manifest["graphs"].values())
     assert sorted(os.listdir(out)) == sorted([MANIFEST] + [f"{n}.onnx" for n in GRAPHS])  # no staging left behind
+    assert "critic_draws" in manifest["graphs"]["planner"]["inputs"] and "critic_draws" in manifest["graphs"]["q"]["inputs"]
 
     agent = load_run(pruned_run)  # rebuilt as resume=true does, masked channels removed
     wm = agent.model
@@ -96,6 +97,7 @@ def test_untrained_agent_exports_despite_tied_values(tmp_path):
                       num_elites=8, num_pi_trajs=4, iterations=2)
     manifest = export_agent(TDMPC2(cfg), str(tmp_path), only=["planner", "q"], num_samples=24)
     assert manifest["num_samples"] == 24 and manifest["graphs"]["planner"]["max_abs_diff"] <= 1e-5
+    assert "critic_draws" not in manifest["graphs"]["q"]["inputs"]  # two critics: the whole ensemble, no draws read
 
 
 def test_bad_input_gives_one_clear_error(pruned_run, tmp_path, capsys):

@@ -288,7 +288,7 @@ def export_agent(
                 diff = deploy.check(path, check_inputs[name], _reference(agent, planner, name, check_inputs[name]), what=name)
                 entries[name] = {
                     "file": f"{name}.onnx",
-                    "inputs": {k: _shape(check_inputs[name][k], k in batch) for k in inputs},
+                    "inputs": {k: _shape(check_inputs[name][k], k in batch) for k in inputs if k in deploy.input_names(path)},
                     "outputs": list(outputs),
                     "max_abs_diff": diff,
                 }
