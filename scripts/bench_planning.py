@@ -17,26 +17,15 @@ Targets at 50 %: plan_speedup >= 2 on CPU, param_ratio <= 0.4, plan_speedup >= 0
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from tdmpc_prune import PruneConfig
-from tdmpc_prune.tdmpc2 import TDMPC2, make_config
-from tdmpc_prune.tdmpc2.attach import attach
+from tdmpc_prune.tdmpc2 import make_config
+from tdmpc_prune.tdmpc2.bench import plan_flops, pruned_copies
 from tdmpc_prune.tdmpc2.prune_callback import time_act
 
 SPARSITIES = (0.25, 0.5, 0.75)
-
-
-@torch.no_grad()
-def _plan_flops(agent, obs: torch.Tensor) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter:
-        agent.act(obs, t0=False, eval_mode=False)
-    return int(counter.get_total_flops())
 
 
 def main() -> None:
@@ -47,17 +36,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
 
     cfg = make_config(task="cartpole-balance", model_size=args.model_size, obs_dim=5, action_dim=1, device=args.device)
-    dense = TDMPC2(cfg)
-    agents = {"dense": dense}
-    for s in SPARSITIES:
-        agent = TDMPC2(copy.deepcopy(cfg))
-        agent.model.load_state_dict(dense.model.state_dict())
-        pruner = attach(agent, config=PruneConfig(criterion="magnitude", sparsity=s, coupling="prune", physical=True))
-        pruner.prune_to(s)
-        agents[str(s)] = agent
+    agents = pruned_copies(cfg, SPARSITIES)
+    dense = agents["dense"]
     obs = torch.randn(cfg.obs_dim)
     times = {k: time_act(agent, obs, eval_mode=False) for k, agent in agents.items()}  # warm-up, discarded
     times = {k: time_act(agent, obs, eval_mode=False, repeats=0) for k, agent in agents.items()}
@@ -66,7 +48,7 @@ def main() -> None:
             times[k].extend(time_act(agent, obs, eval_mode=False))
     ms = {k: t.ms for k, t in times.items()}
     params = {k: sum(p.numel() for p in a.model.parameters()) for k, a in agents.items()}
-    flops = {k: _plan_flops(a, obs) for k, a in agents.items()}
+    flops = {k: plan_flops(a, obs) for k, a in agents.items()}
     clock = "thread CPU time" if times["dense"].use_cpu else "wall time"
     print(f"model_size={args.model_size} device={dense.device} threads={args.threads}; speed-ups from {clock}")
     print(f"{'variant':>8} {'plan ms CPU':>12} {'plan ms wall':>13} {'params':>11} {'plan GFLOP':>11} {'latent':>7}")

@@ -11,3 +11,7 @@ class PruneConfigError(PruneError):
 
 class RunError(RuntimeError):
     """A run cannot start or go on as asked: its directory, lock, checkpoint or filesystem."""
+
+
+class ExportError(PruneError):
+    """A model cannot be exported for deployment as given (or its export does not match PyTorch)."""

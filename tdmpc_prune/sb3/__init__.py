@@ -7,10 +7,12 @@
     model.learn(100_000)                    # or: PPO(...).learn(100_000, callback=PruningCallback(sparsity=0.75))
     model.save("ppo_pruned")                # stock save; PPO.load works when net_arch can express the widths
     model = load("ppo_pruned")              # always works; learn() continues the schedule
+    export(model, "ppo_pruned.onnx")        # deterministic acting graph for ONNX Runtime, checked vs predict()
 """
 from .callback import LoggerSink, PruningCallback
 from .components import Wiring, wiring
+from .deploy import export
 from .io import PruningState, get_pruner, load
 from .wrap import pruned_class, wrap
 
-__all__ = ["PruningCallback", "wrap", "load", "get_pruner", "LoggerSink", "PruningState", "Wiring", "wiring", "pruned_class"]
+__all__ = ["PruningCallback", "wrap", "load", "export", "get_pruner", "LoggerSink", "PruningState", "Wiring", "wiring", "pruned_class"]

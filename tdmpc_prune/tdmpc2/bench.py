@@ -11,6 +11,7 @@ member, then pick two); `--native-mish` uses `F.mish` also where no gradient is 
 from __future__ import annotations
 
 import argparse
+import copy
 from contextlib import contextmanager
 from typing import Dict, Iterator, Sequence
 
@@ -21,7 +22,7 @@ from ..timing import time_calls
 from . import layers, world_model
 from .agent import TDMPC2
 from .buffer import ReplayBuffer
-from .config import make_config
+from .config import TDMPC2Config, make_config
 
 
 @contextmanager
@@ -48,6 +49,38 @@ def native_mish() -> Iterator[None]:
         yield
     finally:
         layers.Mish.forward = original
+
+
+def pruned_copies(cfg: TDMPC2Config, sparsities: Sequence[float], seed: int = 0) -> Dict[str, TDMPC2]:
+    """A fresh agent of `cfg` ("dense") and copies of it physically pruned by each sparsity.
+
+    Every width (hidden widths and the latent, in whole SimNorm simplices) loses the fraction
+    given, by weight magnitude: benchmark models whose speed is that of a run pruned to that size.
+    """
+    from ..config import PruneConfig
+    from .attach import attach
+
+    torch.manual_seed(seed)
+    dense = TDMPC2(cfg)
+    agents = {"dense": dense}
+    for s in sparsities:
+        agent = TDMPC2(copy.deepcopy(cfg))
+        agent.model.load_state_dict(dense.model.state_dict())
+        pruner = attach(agent, config=PruneConfig(criterion="magnitude", sparsity=s, coupling="prune", physical=True))
+        pruner.prune_to(s)
+        agents[str(s)] = agent
+    return agents
+
+
+@torch.no_grad()
+def plan_flops(agent: TDMPC2, obs: torch.Tensor) -> int:
+    """FLOPs of one `agent.act` (MPPI plan), from `torch.utils.flop_counter` (matrix products)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        agent.act(obs, t0=False, eval_mode=False)
+    return int(counter.get_total_flops())
 
 
 def bench(size: str, obs_dim: int, action_dim: int, repeats: int, warmup: int, device: str, **overrides) -> Dict[str, float]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -75,9 +76,13 @@ def squash(mean: torch.Tensor, action: torch.Tensor, log_prob: torch.Tensor):
     return mean, action, log_prob
 
 
-def gumbel_argmax(probs: torch.Tensor) -> torch.Tensor:
-    """Sample an index from categorical `probs` (last axis) with the Gumbel-max trick (no host sync)."""
-    gumbel = -torch.empty_like(probs).exponential_().log()
+def gumbel_argmax(probs: torch.Tensor, gumbel: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Sample an index from categorical `probs` (last axis) with the Gumbel-max trick (no host sync).
+
+    `gumbel` (shaped like `probs`, standard Gumbel) is the draw to use; by default one is drawn.
+    """
+    if gumbel is None:
+        gumbel = -torch.empty_like(probs).exponential_().log()
     return (probs.log() + gumbel).argmax(-1)
 
 

@@ -155,11 +155,16 @@ class WorldModel(nn.Module):
         logit = self._termination(self._in(z, task))
         return logit if unnormalized else torch.sigmoid(logit)
 
-    def pi(self, z: torch.Tensor, task: Task = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """Sample a tanh-squashed Gaussian action; info has mean, log_std, entropy and scaled_entropy."""
+    def pi(
+        self, z: torch.Tensor, task: Task = None, eps: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Sample a tanh-squashed Gaussian action; info has mean, log_std, entropy and scaled_entropy.
+
+        `eps` (standard normal, shaped like the action) is the draw to use; by default one is drawn.
+        """
         mean, log_std = self._pi(self._in(z, task)).chunk(2, dim=-1)
         log_std = Fn.bounded_log_std(log_std, self.log_std_min, self.log_std_dif)
-        eps = torch.randn_like(mean)
+        eps = torch.randn_like(mean) if eps is None else eps
         if self.cfg.multitask:  # mask out the action dims a task does not have
             mask = self._action_masks[task]
             mean, log_std, eps = mean * mask, log_std * mask, eps * mask
@@ -179,6 +184,7 @@ class WorldModel(nn.Module):
         return_type: str = "min",
         target: bool = False,
         detach: bool = False,
+        draws: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """State-action value.
 
@@ -186,7 +192,8 @@ class WorldModel(nn.Module):
         randomly chosen members, decoded to scalars (..., 1); only those two members are evaluated.
         `target` uses the EMA target ensemble, always without dropout (the Q template is shared by the
         online, detached and target ensembles, so its mode is switched off for the call);
-        `detach` uses the gradient-free view.
+        `detach` uses the gradient-free view. `draws` (num_q,) uniform: the two members are those
+        with the largest draws (by default drawn here).
         """
         if return_type not in ("min", "avg", "all"):
             raise ValueError(f"return_type must be 'min', 'avg' or 'all', got {return_type!r}")
@@ -198,10 +205,16 @@ class WorldModel(nn.Module):
             if len(ens) == 2:  # the two members are the whole ensemble (min/avg do not depend on order)
                 out = ens(x)
             else:
-                idx = torch.rand(len(ens), device=x.device).topk(2).indices  # 2 distinct members, uniformly
+                draws = torch.rand(len(ens), device=x.device) if draws is None else draws
+                idx = critic_pair(draws)
                 out = _ensemble_subset(ens, idx, x)
         q = Fn.two_hot_inv(out, self.cfg.num_bins, self.cfg.vmin, self.cfg.vmax)
         return q.min(0).values if return_type == "min" else q.mean(0)
+
+
+def critic_pair(draws: torch.Tensor) -> torch.Tensor:
+    """Two distinct critics, uniformly: the indices of the two largest of `draws` (num_q,) uniform."""
+    return draws.topk(2).indices
 
 
 def _ensemble_subset(ens: StackedEnsemble, idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
