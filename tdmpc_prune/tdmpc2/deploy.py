@@ -347,7 +347,8 @@ def load_run(run_dir: str, device: str = "cpu"):
     agent = TDMPC2(replace(cfg, compile=False), device=device)
     pruner = None
     if pruned is not None:  # as resume=true: replay the history on the original model, then load the weights
-        pruner = attach(agent, optimizers=[], config=PruneConfig.from_dict(pruned["pruner"]["config"]))
+        # wired to the agent's optimizers, so finalize() slices their loaded state with the weights
+        pruner = attach(agent, config=PruneConfig.from_dict(pruned["pruner"]["config"]))
         pruner.load_state_dict(pruned["pruner"])
     agent.load_state_dict(state["agent"])
     if pruner is not None and any(not h["physical"] for h in pruner.history):
