@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tdmpc_prune import PruneConfig
 from tdmpc_prune.tdmpc2 import TDMPC2, make_config
-from tdmpc_prune.tdmpc2.attach import attach
+from tdmpc_prune.tdmpc2 import attach
 from tdmpc_prune.tdmpc2.prune_callback import time_act
 
 SPARSITIES = (0.25, 0.5, 0.75)

@@ -174,7 +174,7 @@ def _train_pruned(trainer: Any, cfg: Any, opts: Dict[str, Any], offline: bool) -
     import torch
     from torch.utils.tensorboard import SummaryWriter
 
-    from tdmpc_prune.tdmpc2.attach import attach
+    from tdmpc_prune.tdmpc2 import attach
     from tdmpc_prune.tdmpc2.update_hook import UpdateHook
 
     config, launcher = split_options(opts)
