@@ -17,7 +17,7 @@ import os
 import sys
 import types
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator
 
 import pytest
 import torch
@@ -72,11 +72,10 @@ class Official:
     def module(self, name: str) -> types.ModuleType:
         return importlib.import_module(name)
 
-    def cfg(self, *overrides: str, task: str = "cartpole-balance", obs_dim: int = 5, action_dim: int = 1, env: bool = False) -> Any:
-        """`parse_cfg` of the official config.yaml composed with `overrides` (hydra's compose API).
+    def compose(self, *overrides: str, task: str = "cartpole-balance", config_name: str = "config") -> Any:
+        """The official config.yaml (or `config_name` on its search path) composed with `overrides`.
 
-        The fields the official `make_env` fills in come from the real environment (`env=True`) or
-        are set here for a state-observation task of `obs_dim`/`action_dim` (multi-task: per task).
+        Hydra's runtime config is installed, so `parse_cfg` finds the original working directory.
         """
         from hydra import compose, initialize_config_dir
         from hydra.core.global_hydra import GlobalHydra
@@ -86,14 +85,19 @@ class Official:
         launcher = [] if _has_submitit_launcher() else ["hydra/launcher=basic"]  # as the plugin README says
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(self.root), version_base=None):
-            cfg = compose("config", overrides=[f"task={task}", *launcher, *SMALL, *overrides], return_hydra_config=True)
-            HydraConfig.instance().set_config(cfg)  # parse_cfg reads hydra's original cwd
-            with open_dict(cfg):
-                del cfg["hydra"]
-            cfg = self.module("common.parser").parse_cfg(cfg)
+            given = {o.split("=", 1)[0] for o in overrides}
+            small = [o for o in SMALL if o.split("=", 1)[0] not in given]
+            cfg = compose(config_name, overrides=[f"task={task}", *launcher, *small, *overrides], return_hydra_config=True)
         GlobalHydra.instance().clear()
-        if env:
-            return cfg, self.module("envs").make_env(cfg)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
+
+    def cfg(self, *overrides: str, task: str = "cartpole-balance", obs_dim: int = 5, action_dim: int = 1) -> Any:
+        """`parse_cfg` of the composed official config; the fields the official `make_env` fills in are
+        set here for a state-observation task of `obs_dim`/`action_dim` (multi-task: for every task)."""
+        cfg = self.module("common.parser").parse_cfg(self.compose(*overrides, task=task))
         cfg.obs_shape = {"state": (obs_dim,)}
         cfg.action_dim = action_dim
         cfg.episode_length = 500
@@ -142,8 +146,3 @@ def official() -> Iterator[Official]:
         _purge()
         sys.modules.update(saved)
 
-
-def tensordict_version() -> List[int]:
-    import tensordict
-
-    return [int(x) for x in tensordict.__version__.split(".")[:2]]
