@@ -1,0 +1,32 @@
+"""plugins/tdmpc2/train_prune.py run as a user runs it, from inside the official checkout's tdmpc2/ folder."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from plugin_launcher import PLUGIN, load_launcher
+
+
+def _launch(official, tmp_path, *args: str) -> subprocess.CompletedProcess:
+    pytest.importorskip("torchrl", reason="the launcher imports the official buffer, which needs torchrl (.venv-official)")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "MUJOCO_GL": "disable"}
+    # hydra's run dir goes to tmp: the checkout may be read-only and is never written to
+    argv = [sys.executable, str(PLUGIN / "train_prune.py"), f"hydra.run.dir={tmp_path}", *args]
+    return subprocess.run(argv, cwd=official.root, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_without_cuda_the_launcher_says_so_in_one_line(official, tmp_path) -> None:
+    proc = _launch(official, tmp_path, "--prune", "task=cartpole-balance", "steps=1000")
+    tp = load_launcher()
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [tp.NO_CUDA], proc.stderr[-2000:]
+    assert "needs a CUDA GPU" in tp.NO_CUDA and "tdmpc-prune train" in tp.NO_CUDA
+
+
+def test_the_composed_config_shows_without_a_gpu(official, tmp_path) -> None:
+    proc = _launch(official, tmp_path, "--prune", "prune.sparsity=0.3", "task=cartpole-balance", "--cfg", "job")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "sparsity: 0.3" in proc.stdout and "task: cartpole-balance" in proc.stdout and "mlp_dim: 512" in proc.stdout
