@@ -16,7 +16,7 @@ from tdmpc_prune.tensorboard import ImportanceHeatmap, WriterSink, log_pruner
 
 def _logged(tmp_path, steps: int = 3):
     model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
-    pruner = Pruner(model, example_inputs=(torch.randn(3, 4),), criterion="magnitude", sparsity=0.5)
+    pruner = Pruner(model, {"model": ""}, example_inputs=(torch.randn(3, 4),), criterion="magnitude", sparsity=0.5)
     writer, heatmap = SummaryWriter(str(tmp_path)), ImportanceHeatmap()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
