@@ -30,3 +30,26 @@ def test_the_composed_config_shows_without_a_gpu(official, tmp_path) -> None:
     proc = _launch(official, tmp_path, "--prune", "prune.sparsity=0.3", "task=cartpole-balance", "--cfg", "job")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "sparsity: 0.3" in proc.stdout and "task: cartpole-balance" in proc.stdout and "mlp_dim: 512" in proc.stdout
+
+
+def test_with_a_pruner_the_update_is_compiled_without_cuda_graphs(official, monkeypatch, capsys) -> None:
+    """The official agent compiles `_update` with mode="reduce-overhead"; the launcher re-compiles it
+    in the default mode. torch.compile is recorded, not run (inductor takes minutes on this CPU)."""
+    import torch
+
+    calls = []
+
+    def record(fn, **kwargs):
+        calls.append((fn, kwargs))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", record)  # the launcher's
+    monkeypatch.setattr(official.module("tdmpc2").torch, "compile", record)  # the official agent's (its CPU torch)
+    agent = official.agent(official.cfg("compile=true"))
+    assert [kw for _, kw in calls] == [{"mode": "reduce-overhead"}]  # the official choice
+    tp = load_launcher()
+    capsys.readouterr()
+    tp.compile_update_without_cuda_graphs(agent)
+    fn, kwargs = calls[-1]
+    assert kwargs == {} and fn.__func__ is type(agent)._update and fn.__self__ is agent
+    assert agent._update is fn and capsys.readouterr().out.strip() == tp.NO_CUDA_GRAPHS

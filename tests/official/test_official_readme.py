@@ -2,7 +2,7 @@
 
 Paths are the README's placeholders filled in (`/path/to/tdmpc_prune`, `tdmpc2/tdmpc2`). Without
 CUDA the launcher command must stop with its one line; the same command with `--cfg job` shows the
-composed config. The Python blocks run in one namespace holding a small official `cfg` and `env_step`.
+composed config. The Python blocks run in one namespace holding a small official `cfg` and the official replay buffer.
 """
 from __future__ import annotations
 
@@ -67,12 +67,24 @@ def test_the_bash_block(official, tmp_path) -> None:
     assert ran == ["pip", "cd", "python", "tensorboard"]
 
 
+def _official_buffer(official, cfg):
+    """The official replay buffer holding one random episode of 20 steps."""
+    pytest.importorskip("torchrl", reason="the official replay buffer needs torchrl (.venv-official)")
+    from tensordict import TensorDict
+
+    n, g = 20, torch.Generator().manual_seed(0)
+    buffer = official.module("common.buffer").Buffer(cfg)
+    buffer.add(TensorDict({"obs": torch.randn(n, 5, generator=g), "action": torch.rand(n, 1, generator=g) * 2 - 1,
+                           "reward": torch.rand(n, generator=g), "terminated": torch.zeros(n)}, batch_size=(n,)))
+    return buffer
+
+
 def test_the_python_blocks(official, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     cfg = official.cfg("steps=20", obs_dim=5, action_dim=1)
     cfg.seed_steps = 10
     original = {k: getattr(cfg, k) for k in ("latent_dim", "mlp_dim", "enc_dim")}
-    namespace = {"cfg": cfg, "env_step": 20}
+    namespace = {"cfg": cfg, "buffer": _official_buffer(official, cfg)}
     try:
         exec(compile(BLOCKS[1][1], "plugins/tdmpc2/README.md", "exec"), namespace)
     except NotImplementedError as e:  # the official WorldModel.to() with tensordict >= 0.14
