@@ -51,3 +51,21 @@ def heads(wm: nn.Module, inputs, latent_keep: Optional[torch.Tensor] = None, ter
 def expected_heads(termination: bool) -> set:
     names = {"encode", "next", "reward", "pi_mean"} | {f"Q{s}{t}" for s in Q_COPIES for t in ("", "_min", "_avg")}
     return names | ({"termination"} if termination else set())
+
+
+def assert_trains_every_kept_weight(agent, update, skip: Tuple[str, ...] = ()) -> Dict[str, torch.Tensor]:
+    """Run `update()` on a pruned agent: finite losses, Adam moments at the pruned shapes, and more than
+    half of the entries of every parameter (but those named in `skip`) changed. Returns the losses."""
+    before = {n: p.detach().clone() for n, p in agent.model.named_parameters()}
+    info = update()
+    assert all(torch.isfinite(v).all() for v in info.values())
+    for opt in (agent.optim, agent.pi_optim):
+        for group in opt.param_groups:
+            for p in group["params"]:
+                st = opt.state[p]
+                assert st["exp_avg"].shape == p.shape and st["exp_avg_sq"].shape == p.shape
+    for n, p in agent.model.named_parameters():
+        if not n.startswith(skip):
+            changed = (p.detach() != before[n]).float().mean().item()
+            assert changed > 0.5, f"{n}: only {changed:.2f} of its entries trained after pruning"
+    return info
