@@ -20,7 +20,7 @@ import torch
 
 from tdmpc_prune import PruneConfig
 from tdmpc_prune.tdmpc2 import TDMPC2, ReplayBuffer, make_config
-from tdmpc_prune.tdmpc2.attach import attach
+from tdmpc_prune.tdmpc2 import attach
 from tdmpc_prune.timing import Timing, time_calls
 
 

@@ -204,19 +204,34 @@ def named_norms(m: nn.Module) -> Dict[str, nn.LayerNorm]:
 
 
 # ----------------------------------------------------------------------------------- the view
+def _as_parameter(member: nn.Module, name: str, value: torch.Tensor, ens_name: str) -> nn.Parameter:
+    """Install `value` as the Parameter `name` of `member` (the template copy) and return it.
+
+    The template may hold the slot as a Parameter (tensordict >= 0.14, our `StackedEnsemble`) or as
+    a plain tensor attribute (tensordict < 0.14 `from_modules`, e.g. the official pin 0.8.3).
+    """
+    owner_name, _, attr = name.rpartition(".")
+    try:
+        owner = member.get_submodule(owner_name) if owner_name else member
+    except AttributeError as e:
+        raise TypeError(f"ensemble {ens_name!r}: stacked tensor {name!r} has no module in its template") from e
+    if attr not in owner._parameters and not isinstance(getattr(owner, attr, None), torch.Tensor):
+        raise TypeError(f"ensemble {ens_name!r}: stacked tensor {name!r} has no slot in its template module")
+    param = nn.Parameter(value, requires_grad=True)
+    if attr not in owner._parameters:
+        delattr(owner, attr)  # a plain tensor attribute (or a buffer): re-registered as a Parameter
+    owner._parameters[attr] = param
+    return param
+
+
 def _ensemble_view(ens: nn.Module, name: str, tmap: TraceMap) -> nn.Module:
     template = ensemble_template(ens)
     stacked = ensemble_tensors(ens)
     first = next(iter(stacked.values()))
     member = copy.deepcopy(template).to_empty(device=first.device)
-    view_params = dict(member.named_parameters())
     for pname, t in stacked.items():
-        if pname not in view_params:
-            raise TypeError(f"ensemble {name!r}: stacked tensor {pname!r} has no parameter in its template module")
-        with torch.no_grad():
-            view_params[pname].data = t[0].detach().clone().to(view_params[pname].dtype)
-        view_params[pname].requires_grad_(True)
-        tmap.tensors[id(view_params[pname])] = (t, 1)
+        param = _as_parameter(member, pname, t[0].detach().clone(), name)
+        tmap.tensors[id(param)] = (t, 1)
     real_modules = dict(template.named_modules())
     for mname, mod in member.named_modules():
         tmap.modules[id(mod)] = real_modules[mname]

@@ -10,7 +10,9 @@ Tags (CleanRL-style namespaces):
 """
 from __future__ import annotations
 
+import importlib.util
 import io
+import warnings
 from typing import Dict, List, Mapping, Optional, Protocol, Union
 
 import numpy as np
@@ -101,10 +103,25 @@ def importance_by_component(pruner: Pruner, scores: Optional[Mapping[str, torch.
 class ImportanceHeatmap:
     """Mean importance per group over time, rendered as an image (rows: groups, columns: log steps)."""
 
+    RENDERERS = ("matplotlib", "PIL")  # optional (the `plot` extra): without them the image is skipped
+
     def __init__(self, max_columns: int = 200):
         self.columns: List[np.ndarray] = []
         self.steps: List[int] = []
         self.max_columns = max_columns
+        self._missing: Optional[List[str]] = None
+
+    def can_render(self) -> bool:
+        """Whether matplotlib and Pillow are installed; the first time they are not, one warning says so."""
+        if self._missing is None:
+            self._missing = [m for m in self.RENDERERS if importlib.util.find_spec(m) is None]
+            if self._missing:
+                warnings.warn(
+                    f"prune/importance_heatmap is skipped: {' and '.join(self._missing)} not installed "
+                    "(pip install matplotlib, or tdmpc-prune[plot]); every other prune/* tag is still logged",
+                    stacklevel=3,
+                )
+        return not self._missing
 
     def add(self, pruner: Pruner, step: int, scores: Optional[Mapping[str, torch.Tensor]] = None) -> None:
         scores = pruner.scores() if scores is None else scores
@@ -151,7 +168,7 @@ def log_pruner(sink: Sink, pruner: Pruner, step: int, heatmap: Optional[Importan
         sink.histogram(f"prune/importance_hist/{comp}", values, step)
     if heatmap is not None:
         heatmap.add(pruner, step, scores)
-        if len(heatmap.columns) >= 2:
+        if len(heatmap.columns) >= 2 and heatmap.can_render():
             sink.image("prune/importance_heatmap", heatmap.render([g.id for g in pruner.groups]), step)
     return scalars
 

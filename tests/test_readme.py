@@ -57,3 +57,22 @@ def test_the_extending_example_registers_what_it_says() -> None:
         PruneConfig(criterion="cubic", schedule="two_steps")
     finally:
         CRITERIA.pop("cubic", None), STATISTICS.pop("cube", None), SCHEDULES.pop("two_steps", None)
+
+
+def test_every_import_the_readmes_show_gives_what_they_name() -> None:
+    """`from tdmpc_prune.tdmpc2 import attach` is the function (no submodule may shadow it), and so on."""
+    import importlib
+    import types
+
+    root = Path(__file__).resolve().parents[1]
+    texts = README + (root / "plugins" / "tdmpc2" / "README.md").read_text()
+    lines = set(re.findall(r"^\s*from (tdmpc_prune[\w.]*) import ([\w, ]+)$", texts, re.M))
+    assert ("tdmpc_prune.tdmpc2", "attach") in lines
+    for module, names in lines:
+        for name in (n.strip() for n in names.split(",")):
+            obj = getattr(importlib.import_module(module), name)
+            assert not isinstance(obj, types.ModuleType), f"from {module} import {name} gives a module"
+    import tdmpc_prune.tdmpc2.wiring  # noqa: F401  (importing submodules must not shadow the function)
+    from tdmpc_prune.tdmpc2 import attach
+
+    assert callable(attach) and attach.__module__ == "tdmpc_prune.tdmpc2.wiring"

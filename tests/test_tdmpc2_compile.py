@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tdmpc_prune.tdmpc2 import TDMPC2, ReplayBuffer, make_config
-from tdmpc_prune.tdmpc2.attach import attach
+from tdmpc_prune.tdmpc2 import attach
 from official_layout import OfficialInitWorldModel, official_cfg
 from test_tdmpc2_agent import filled_buffer
 

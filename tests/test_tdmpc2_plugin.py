@@ -8,7 +8,6 @@ tdmpc2.py, common/, envs/, trainer/) whose agent is the official-layout world mo
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import subprocess
 import sys
@@ -25,19 +24,13 @@ from omegaconf import OmegaConf
 
 from tdmpc_prune import PruneConfig, PruneConfigError
 
-PLUGIN = Path(__file__).resolve().parents[1] / "plugins" / "tdmpc2"
+from plugin_launcher import PLUGIN, load_launcher
+
 DEFAULT_YAML = PLUGIN / "conf" / "prune" / "default.yaml"
 TESTS = Path(__file__).resolve().parent
 
 
-def _load_launcher():
-    spec = importlib.util.spec_from_file_location("tdmpc2_plugin_train_prune", PLUGIN / "train_prune.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tp = _load_launcher()
+tp = load_launcher()
 
 
 pytestmark = pytest.mark.filterwarnings("ignore:(?s).*version_base=.1.1. selects Hydra 1.1")  # upstream leaves version_base unset: 1.1

@@ -6,8 +6,10 @@ import torch
 
 from tdmpc_prune import PruneError
 from tdmpc_prune.tdmpc2 import TDMPC2, WorldModel, make_config
-from tdmpc_prune.tdmpc2.attach import attach, example_inputs
+from tdmpc_prune.tdmpc2 import attach
+from tdmpc_prune.tdmpc2.wiring import example_inputs
 from official_layout import OfficialInitWorldModel, OfficialLayoutWorldModel, official_cfg
+from world_model_heads import Q_COPIES, assert_trains_every_kept_weight, expected_heads, heads, randomise
 
 TOL = 1e-6
 # Masked layers sum over all channels (the removed ones as zeros), pruned ones over the kept channels
@@ -48,45 +50,8 @@ def _randomised(kind: str):
     models = []
     for _ in range(2):
         torch.manual_seed(0)
-        wm = BUILDERS[kind]().eval()
-        g = torch.Generator().manual_seed(1)
-        from tdmpc_prune.layers import named_tensors
-
-        with torch.no_grad():
-            for name, t in sorted(named_tensors(wm).items()):
-                if t.is_floating_point() and "log_std" not in name and not t.is_meta:
-                    t.copy_(torch.randn(t.shape, generator=g) * 0.2)
-        if hasattr(wm, "refresh_views"):
-            wm.refresh_views()
-        models.append(wm)
+        models.append(randomise(BUILDERS[kind]().eval()))
     return models
-
-
-Q_COPIES = {"": {}, "_detach": {"detach": True}, "_target": {"target": True}}
-
-
-def _heads(wm, inputs, latent_keep=None):
-    obs, actions, task = inputs
-    a = actions[0]
-    z = wm.encode(obs, task)
-    out = {
-        "encode": z,
-        "next": wm.next(z, a, task),
-        "reward": wm.reward(z, a, task),
-    }
-    for k, (suffix, flags) in enumerate(Q_COPIES.items()):
-        out[f"Q{suffix}"] = wm.Q(z, a, task, return_type="all", **flags)
-        for j, rt in enumerate(("min", "avg")):
-            # min/avg draw two random members: the same seed makes both models draw the same two
-            torch.manual_seed(100 + 10 * k + j)
-            out[f"Q{suffix}_{rt}"] = wm.Q(z, a, task, return_type=rt, **flags)
-    torch.manual_seed(3)
-    out["pi_mean"] = wm.pi(z, task)[1]["mean"]
-    if getattr(wm, "_termination", None) is not None:
-        out["termination"] = wm.termination(z, task)
-    if latent_keep is not None:
-        out["encode"], out["next"] = out["encode"][..., latent_keep], out["next"][..., latent_keep]
-    return out
 
 
 @pytest.mark.parametrize("kind", list(BUILDERS))
@@ -102,10 +67,9 @@ def test_physical_pruning_equals_masking_on_every_head(kind: str) -> None:
     latent = next(g for g in pp.groups if g.unit == 8)
     inputs = example_inputs(pruned, batch=5)
     with torch.no_grad():
-        hm = _heads(masked, (inputs[0], inputs[1], inputs[2]), latent_keep=pp.alive[latent.id])
-        hp = _heads(pruned, inputs)
-    expected = {"encode", "next", "reward", "pi_mean"} | {f"Q{s}{t}" for s in Q_COPIES for t in ("", "_min", "_avg")}
-    assert set(hp) >= expected and set(hm) == set(hp)
+        hm = heads(masked, inputs, latent_keep=pp.alive[latent.id])
+        hp = heads(pruned, inputs)
+    assert set(hp) >= expected_heads(False) and set(hm) == set(hp)
     batch = inputs[0].shape[0]
     for suffix in Q_COPIES:
         assert hp[f"Q{suffix}"].shape[0] == pruned.cfg.num_q
@@ -245,17 +209,7 @@ def test_both_optimizers_keep_training_every_kept_weight() -> None:
         agent.update(buf)
     pruner.prune_to()
     assert agent.cfg.latent_dim == 32 and agent.cfg.pi_dims == [128, 128] and agent.cfg.q_dims == [128, 128]
-    before = {n: p.detach().clone() for n, p in agent.model.named_parameters()}
-    info = agent.update(buf)
-    assert all(torch.isfinite(v).all() for v in info.values())
-    for opt in (agent.optim, agent.pi_optim):
-        for group in opt.param_groups:
-            for p in group["params"]:
-                st = opt.state[p]
-                assert st["exp_avg"].shape == p.shape and st["exp_avg_sq"].shape == p.shape
-    for n, p in agent.model.named_parameters():
-        changed = (p.detach() != before[n]).float().mean().item()
-        assert changed > 0.5, f"{n}: only {changed:.2f} of its entries trained after pruning"
+    assert_trains_every_kept_weight(agent, lambda: agent.update(buf))
     # the target ensemble follows the online one through the soft update
     agent.model.soft_update_target_Q()
     online = agent.model._Qs.tensor_dict()

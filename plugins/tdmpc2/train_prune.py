@@ -170,11 +170,33 @@ def _official_dir() -> Path:
     return here
 
 
-def _train_pruned(trainer: Any, cfg: Any, opts: Dict[str, Any], offline: bool) -> None:
+NO_CUDA = ("train_prune.py: the official tdmpc2 trainer needs a CUDA GPU (it runs on cuda:0); on this machine "
+           "train the bundled TD-MPC2 agent instead: tdmpc-prune train task=<task> --prune prune.<option>=<value>")
+NO_CUDA_GRAPHS = ("[tdmpc-prune] compile=true: the update is compiled without CUDA graphs (mode='default', not "
+                  "'reduce-overhead') while a pruner is attached: its optimizer hooks keep state across updates")
+
+
+def compile_update_without_cuda_graphs(agent: Any) -> None:
+    """Re-compile the official `agent._update` in torch.compile's default mode (no CUDA graphs).
+
+    The official agent compiles `_update` with mode="reduce-overhead"; the pruner's step pre-hooks run
+    inside it and keep tensors (statistics, EMA, group-lasso norms) across updates, which CUDA-graph
+    replays may overwrite. The planner keeps the official mode: no pruner code runs in it.
+    """
+    import types
+
+    import torch
+
+    agent._update = torch.compile(types.MethodType(type(agent)._update, agent))
+    print(NO_CUDA_GRAPHS)
+
+
+def train_pruned(trainer: Any, cfg: Any, opts: Dict[str, Any], offline: bool) -> Any:
+    """`trainer.train()` with a pruner attached to its agent; returns the pruner (its state saved in work_dir)."""
     import torch
     from torch.utils.tensorboard import SummaryWriter
 
-    from tdmpc_prune.tdmpc2.attach import attach
+    from tdmpc_prune.tdmpc2 import attach
     from tdmpc_prune.tdmpc2.update_hook import UpdateHook
 
     config, launcher = split_options(opts)
@@ -182,6 +204,8 @@ def _train_pruned(trainer: Any, cfg: Any, opts: Dict[str, Any], offline: bool) -
     # online: the clock is the env step and updates begin at seed_steps; offline: one update per iteration
     first = 0 if offline else int(cfg.seed_steps)
     pruner = attach(trainer.agent, total_steps=total, config=config, first_step=first)
+    if getattr(cfg, "compile", False):
+        compile_update_without_cuda_graphs(trainer.agent)
     print(pruner)
     work_dir = Path(cfg.work_dir)
     writer = SummaryWriter(str(work_dir / "tb"))
@@ -195,6 +219,7 @@ def _train_pruned(trainer: Any, cfg: Any, opts: Dict[str, Any], offline: bool) -
         torch.save(pruner.state_dict(), str(state) + ".tmp")
         os.replace(str(state) + ".tmp", state)
         writer.close()
+    return pruner
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -229,6 +254,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     @hydra.main(config_name=register_primary(base) if prune else OFFICIAL_CONFIG, config_path=str(official))
     def train(cfg: Any) -> None:
+        if not torch.cuda.is_available():
+            sys.exit(NO_CUDA)
         assert torch.cuda.is_available()
         assert cfg.steps > 0, "Must train for at least 1 step."
         opts = pop_prune_options(cfg) if prune else None
@@ -247,7 +274,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if opts is None:
             trainer.train()
         else:
-            _train_pruned(trainer, cfg, opts, offline=trainer_cls is OfflineTrainer)
+            train_pruned(trainer, cfg, opts, offline=trainer_cls is OfflineTrainer)
         print("\nTraining completed successfully")
 
     sys.argv[1:] = hydra_argv  # hydra.main reads sys.argv

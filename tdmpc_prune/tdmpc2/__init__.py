@@ -10,6 +10,7 @@ from typing import Any
 from .config import MODEL_SIZES, ConfigError, TDMPC2Config, make_config, parse_overrides
 
 _LAZY = {
+    "attach": ".wiring",  # the function; its module is `wiring`, so no submodule can shadow the name
     "TDMPC2": ".agent",
     "WorldModel": ".world_model",
     "MPPIPlanner": ".planner",

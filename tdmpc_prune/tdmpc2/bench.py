@@ -58,7 +58,7 @@ def pruned_copies(cfg: TDMPC2Config, sparsities: Sequence[float], seed: int = 0)
     given, by weight magnitude: benchmark models whose speed is that of a run pruned to that size.
     """
     from ..config import PruneConfig
-    from .attach import attach
+    from .wiring import attach
 
     torch.manual_seed(seed)
     dense = TDMPC2(cfg)

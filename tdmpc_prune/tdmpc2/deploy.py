@@ -31,7 +31,7 @@ from .. import deploy
 from ..ensemble import StackedEnsemble
 from ..errors import ExportError
 from . import functional as Fn
-from .attach import hidden_widths
+from .wiring import hidden_widths
 from .layers import NormedLinear
 from .planner import MPPIPlanner, PlanNoise
 from .world_model import WorldModel, critic_pair
@@ -338,7 +338,7 @@ def load_run(run_dir: str, device: str = "cpu"):
     """The agent of a `tdmpc-prune train` run directory, pruned as it was saved (masks removed)."""
     from ..config import PruneConfig
     from .agent import TDMPC2
-    from .attach import attach
+    from .wiring import attach
     from .config import TDMPC2Config
 
     state = torch.load(checkpoint_path(run_dir), map_location="cpu", weights_only=False)

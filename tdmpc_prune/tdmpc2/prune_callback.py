@@ -17,7 +17,7 @@ from ..errors import PruneError
 from ..pruner import Pruner
 from ..tensorboard import ImportanceHeatmap, OncePerStep, WriterSink, log_pruner, prune_hparams
 from ..timing import Timing, time_calls
-from .attach import attach
+from .wiring import attach
 
 
 class PruneCallback:
