@@ -33,7 +33,6 @@ import copy
 import csv
 import gc
 import json
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -46,9 +45,12 @@ import torch.nn as nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from tdmpc_prune import Pruner  # noqa: E402
 from tdmpc_prune.errors import PruneError  # noqa: E402
+
+from results import commit_of  # noqa: E402
 
 PRUNE_CRITERIA = ("grad", "fisher", "bayes", "combined", "magnitude", "random")
 # combined is a within-group rank (its group mean is 0.5 by construction) and random is uniform:
@@ -297,16 +299,6 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------------------------- CSV store
-def project_commit() -> str:
-    """The commit the study runs at (+ '-dirty' when the library or this script has local changes)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "tdmpc_prune", "scripts/reproduce_autoencoder.py"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        return head + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def read_csv(path: Path) -> List[Dict[str, Any]]:
     if not path.exists():
         return []
@@ -618,7 +610,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         # every Pruner's discovery runs gc.collect(); leave the long-lived heap (torch, sklearn,
         # matplotlib) out of those collections, or they cost ~0.2 s each instead of a few ms
         gc.freeze()
-        commit = project_commit()
+        commit = commit_of(ROOT)
         done = done_runs(out)
         todo = [(d, l1, s) for d in study.dims for s in study.seeds for l1 in study.l1s if (d, l1, s) not in done]
         print(f"{len(study.dims) * len(study.seeds) * len(study.l1s) - len(todo)} runs done, {len(todo)} to go (commit {commit})", flush=True)
