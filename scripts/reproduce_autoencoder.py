@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The paper's autoencoder study (arXiv 2601.19794, Sec. 4.1) on real handwritten digits.
+"""The paper's autoencoder study (arXiv 2601.19794) on real handwritten digits.
 
 An MLP autoencoder (components `encoder` and `decoder`; the latent, written by the encoder and
 read by the decoder, is the coupling group that discovery finds) is trained for 200 epochs with a
@@ -478,8 +478,9 @@ def plot_timing(rows, path: Path) -> None:
                 shift = (ci - (len(PRUNE_CRITERIA) - 1) / 2) * 0.04 * spacing  # side by side, so equal losses stay visible
                 ax.errorbar(np.array(epochs) + shift, mean, yerr=std, marker="o" if l1 == 0 else "s", ls="-" if l1 == 0 else ":",
                             color=f"C{ci}", capsize=2, label=f"{crit}, lasso {'on' if l1 > 0 else 'off'}")
-        dense = np.mean([r["dense_final"] for r in rows])
-        ax.axhline(dense, color="black", lw=1, ls="--", label="dense, last epoch")
+        for l1 in l1s:
+            dense = np.mean([r["dense_final"] for r in rows if r["l1"] == l1])
+            ax.axhline(dense, color="black", lw=1, ls="--" if l1 == 0 else ":", label=f"dense, lasso {'on' if l1 > 0 else 'off'}, last epoch")
         ax.set_yscale("log")
         ax.set_xlabel("epoch of the pruning event")
         ax.set_ylabel("test reconstruction MSE")
@@ -567,6 +568,63 @@ def markdown(prune_rows, timing_rows, cross_rows, study: Study, record_every: in
     return "\n".join(lines) + "\n"
 
 
+def paired_effects(prune_rows, a: Tuple[str, str], b: Tuple[str, str], sparsity: float) -> List[str]:
+    """Markdown rows: per d and lasso setting, for each criterion, the mean over seeds of
+    (loss under setting `a` - loss under `b`) / loss under `b`, and in how many seeds it is > 0.
+    A setting is (scope, coupling)."""
+    def loss(rows, crit, scope, coupling):
+        return next((r["test_loss"] for r in rows if r["criterion"] == crit and r["scope"] == scope
+                     and r["coupling"] == coupling and r["sparsity"] == sparsity), None)
+
+    lines = ["| d | lasso | " + " | ".join(PRUNE_CRITERIA) + " |", "|---|---|" + "---|" * len(PRUNE_CRITERIA)]
+    for d in sorted({r["d"] for r in prune_rows}):
+        for l1 in sorted({r["l1"] for r in prune_rows if r["d"] == d}):
+            cells = []
+            for crit in PRUNE_CRITERIA:
+                effects = []
+                for seed in sorted({r["seed"] for r in prune_rows if r["d"] == d and r["l1"] == l1}):
+                    rows = [r for r in prune_rows if r["d"] == d and r["l1"] == l1 and r["seed"] == seed]
+                    la, lb = loss(rows, crit, *a), loss(rows, crit, *b)
+                    if la is not None and lb is not None:
+                        effects.append((la - lb) / lb)
+                cells.append(f"{100 * np.mean(effects):+.0f} % ({sum(e > 0 for e in effects)}/{len(effects)})" if effects else "–")
+            lines.append(f"| {d} | {'on' if l1 > 0 else 'off'} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def latent_share_markdown(imp_rows, groups_rows) -> List[str]:
+    """Per d and lasso: the latent's importance over the mean of the other groups at the last record
+    (geometric mean over seeds) and its rank among the groups (1 = most important), per tracked criterion."""
+    lines = ["| d | lasso | " + " | ".join(TRACKED) + " |", "|---|---|" + "---|" * len(TRACKED)]
+    for d in sorted({r["d"] for r in imp_rows}):
+        groups, latent = group_order(groups_rows, d)
+        last = max(r["epoch"] for r in imp_rows if r["d"] == d)
+        for l1 in sorted({r["l1"] for r in imp_rows if r["d"] == d}):
+            cells = []
+            for crit in TRACKED:
+                sel = [r for r in imp_rows if r["d"] == d and r["l1"] == l1 and r["criterion"] == crit and r["epoch"] == last]
+                ratios = [r[latent] / np.mean([r[g] for g in groups if g != latent]) for r in sel]
+                ranks = [1 + sum(r[g] > r[latent] for g in groups if g != latent) for r in sel]
+                cells.append(f"×{np.exp(np.mean(np.log(ratios))):.2g} (rank {np.mean(ranks):.1f})")
+            lines.append(f"| {d} | {'on' if l1 > 0 else 'off'} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def effects_markdown(prune_rows, imp_rows, groups_rows) -> str:
+    lines = ["", "Importance of the latent at the last epoch, relative to the mean of the other groups (geometric mean "
+             f"over seeds) and its rank among the {len(group_order(groups_rows, prune_rows[0]['d'])[0])} groups (mean over seeds):", ""]
+    lines += latent_share_markdown(imp_rows, groups_rows)
+    for s in (0.5, 0.7):
+        lines += ["", f"Cost of pruning the latent too, {int(s * 100)} %: (loss with `coupling=prune` - loss with "
+                  "`coupling=protect`) / loss with `coupling=protect`, mean over seeds (seeds where it is > 0):", ""]
+        lines += paired_effects(prune_rows, ("all", "prune"), ("all", "protect"), s)
+    for s in (0.5, 0.7):
+        lines += ["", f"Decoder against encoder, {int(s * 100)} % of one component's hidden groups: (loss pruning the "
+                  "decoder alone - loss pruning the encoder alone) / loss pruning the encoder alone (seeds where it is > 0):", ""]
+        lines += paired_effects(prune_rows, ("decoder", "protect"), ("encoder", "protect"), s)
+    return "\n".join(lines) + "\n"
+
+
 def report(out: Path, study: Study) -> Dict[str, Any]:
     imp, prune, timing, groups_rows = (read_csv(out / f) for f in (IMPORTANCE_FILE, PRUNE_FILE, TIMING_FILE, GROUPS_FILE))
     if not prune:
@@ -580,7 +638,7 @@ def report(out: Path, study: Study) -> Dict[str, Any]:
         plot_timing(timing, out / "autoencoder_timing.png")
     epochs = sorted({r["epoch"] for r in imp})
     record_every = int(np.median(np.diff(epochs))) if len(epochs) > 1 else 1
-    (out / "autoencoder.md").write_text(markdown(prune, timing, cross, study, record_every))
+    (out / "autoencoder.md").write_text(markdown(prune, timing, cross, study, record_every) + effects_markdown(prune, imp, groups_rows))
     return summary(prune)
 
 
