@@ -13,7 +13,7 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "train": ("tdmpc_prune.tdmpc2.train", "train",
               "train our TD-MPC2 agent on a dm-control task (add --prune [prune.key=value ...] to prune it while it trains):\n             tdmpc-prune train task=cartpole-balance steps=20000 model_size=cpu --prune prune.sparsity=0.5"),
     "export": ("tdmpc_prune.tdmpc2.deploy", "command",
-               "write a trained (pruned) run's controller as ONNX graphs, checked against PyTorch:\n             tdmpc-prune export runs/cartpole-balance/pruned/seed-1 --out deploy/cartpole"),
+               "write a trained (pruned) run's controller as ONNX graphs, checked against PyTorch:\n             tdmpc-prune export runs/cartpole-balance/pruned50/seed-1 --out deploy/cartpole"),
 }
 
 
