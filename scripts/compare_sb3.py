@@ -100,6 +100,7 @@ def grid(args: argparse.Namespace) -> None:
 
 
 def report(paths: List[str], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
     lines: List[str] = []
     summary: Dict[str, Any] = {}
     for algo, env, mine in results.by_task(paths):

@@ -133,6 +133,7 @@ def grid(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------ report
 def report(paths: List[str], out_dir: Path) -> None:
     """Markdown tables (IQM of the return as a share of each seed's dense return, 95 % CIs) and plots."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     lines: List[str] = []
     summary: Dict[str, Any] = {}
     for algo, env, mine in results.by_task(paths):
