@@ -16,7 +16,6 @@ of every run land under `--logdir` (one `tb_log_name` per run) for a side-by-sid
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -108,17 +107,12 @@ def report(paths: List[str], out_dir: Path) -> None:
         pruned = [r for r in mine if r["criterion"] != "dense"]
         if not dense or not pruned:
             continue
-        sparsities = sorted({float(r["sparsity"]) for r in pruned})
-        lines += [f"### {algo.upper()} {env}, pruned while training: IQM of the dense-normalised return (R - R_random) / (R_dense - R_random), same seed; 95 % CI", ""]
+        title = (f"### {algo.upper()} {env}, pruned while training: IQM of the dense-normalised return "
+                 "(R - R_random) / (R_dense - R_random), same seed; 95 % CI")
         label = lambda r: f"{r['criterion']} l1={float(r['l1']):g}"  # noqa: E731
-        table_lines, table = results.ratio_table(pruned, dense, label, sparsities, ORDER)
-        lines += table_lines + [""]
-        summary[f"{algo}/{env}"] = {k: {f"{s:g}": (v[0] if v else None) for s, v in by_s.items()} for k, by_s in table.items()}
-        results.plot_ratio(table, sparsities, f"{algo.upper()} {env}: pruned during training", out_dir / f"during_training_{algo}_{env}.png")
-    text = "\n".join(lines)
-    (out_dir / "during_training.md").write_text(text + "\n")
-    print(text)
-    print(json.dumps(summary))
+        part, summary[f"{algo}/{env}"] = results.section(pruned, dense, label, ORDER, title, out_dir / f"during_training_{algo}_{env}.png")
+        lines += part
+    results.write_report(lines, summary, out_dir / "during_training.md")
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -189,3 +189,20 @@ def plot_ratio(table: Mapping[str, Mapping[float, Cell]], sparsities: Sequence[f
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def section(rows: Sequence[Mapping[str, str]], dense: Mapping[int, float], label, order: Sequence[str], title: str, png: Path) -> Tuple[List[str], Dict[str, Dict[str, object]]]:
+    """One report section: a titled rliable table over the rows' sparsities, its plot, and its summary."""
+    sparsities = sorted({float(r["sparsity"]) for r in rows})
+    table_lines, table = ratio_table(rows, dense, label, sparsities, order)
+    plot_ratio(table, sparsities, png.stem.replace("_", " "), png)
+    summary = {k: {f"{s:g}": (v[0] if v else None) for s, v in by_s.items()} for k, by_s in table.items()}
+    return [title, ""] + table_lines + [""], summary
+
+
+def write_report(lines: List[str], summary: Mapping[str, object], path: Path) -> None:
+    """Write the markdown report, print it, and print the summary as the JSON last line."""
+    text = "\n".join(lines)
+    path.write_text(text + "\n")
+    print(text)
+    print(json.dumps(summary))

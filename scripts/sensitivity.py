@@ -22,7 +22,6 @@ from it: rows already there are skipped, the dense checkpoints are reused from `
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -142,17 +141,14 @@ def report(paths: List[str], out_dir: Path) -> None:
             continue
         lines += [f"### {algo.upper()} {env}: {len(dense)} dense seeds", ""]
         for protocol in [p for p in PROTOCOLS[1:] if any(r["protocol"] == p for r in mine)]:
+            title = (f"**{protocol}**: IQM over seeds of the dense-normalised return (R - R_random) / (R_dense - R_random), "
+                     "same seed; 95 % stratified-bootstrap CI")
             sub = [r for r in mine if r["protocol"] == protocol]
-            sparsities = sorted({float(r["sparsity"]) for r in sub})
-            lines += [f"**{protocol}**: IQM over seeds of the dense-normalised return (R - R_random) / (R_dense - R_random), same seed; 95 % stratified-bootstrap CI", ""]
-            table_lines, table = results.ratio_table(sub, dense, lambda r: r["criterion"], sparsities, CRITERIA)
-            lines += table_lines + [""]
-            summary[f"{algo}/{env}/{protocol}"] = {c: {f"{s:g}": (v[0] if v else None) for s, v in by_s.items()} for c, by_s in table.items()}
-            results.plot_ratio(table, sparsities, f"{algo.upper()} {env}: {protocol}", out_dir / f"sensitivity_{algo}_{env}_{protocol}.png")
-    text = "\n".join(lines)
-    (out_dir / "sensitivity.md").write_text(text + "\n")
-    print(text)
-    print(json.dumps(summary))
+            part, summary[f"{algo}/{env}/{protocol}"] = results.section(
+                sub, dense, lambda r: r["criterion"], CRITERIA, title, out_dir / f"sensitivity_{algo}_{env}_{protocol}.png"
+            )
+            lines += part
+    results.write_report(lines, summary, out_dir / "sensitivity.md")
 
 
 def main(argv: Optional[List[str]] = None) -> None:
