@@ -77,7 +77,7 @@ def sac_cells(args, tmp: str) -> Dict[str, Callable[[], object]]:
 
     from tdmpc_prune.sb3 import export
     from tdmpc_prune.sb3.deploy import ActingGraph
-    from tdmpc_prune.sb3.io import bind
+    from tdmpc_prune.sb3.saving import bind
 
     cells: Dict[str, Callable[[], object]] = {}
     obs = np.random.default_rng(0).uniform(-1, 1, size=(1, 3)).astype(np.float32)

@@ -5,7 +5,7 @@ A `Group` is a set of channels that can only be removed together across every te
 ensembles).  Its `kind` is `component` when all of its tensors live in one component and
 `coupling` when it spans several (e.g. the TD-MPC2 latent: written by the encoder and the dynamics,
 read by dynamics, reward, Q and policy).  Discovery uses torch-pruning's `DependencyGraph` on a
-traced view of the model (see `layers.py` for what the view fixes).
+traced view of the model (see `tracing.py` for what the view fixes).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from .errors import PruneError
-from .layers import BlockMarker, InputMarker, TraceMap, input_markers, mark_inputs, trace_view
+from .tracing import BlockMarker, InputMarker, TraceMap, input_markers, mark_inputs, trace_view
 
 ComponentSpec = Union[str, nn.Module, Sequence[Union[str, nn.Module]]]
 
@@ -97,7 +97,7 @@ def resolve_components(model: nn.Module, components: Optional[Mapping[str, Compo
 
 def check_exclude(model: nn.Module, exclude: Sequence[str]) -> None:
     """Every `exclude` entry names a module or tensor of the model (or a prefix of one at a dot)."""
-    from .layers import named_tensors
+    from .tracing import named_tensors
 
     names = {n for n, _ in model.named_modules() if n} | set(named_tensors(model))
     names |= {n for n, _ in model.named_parameters()}

@@ -47,12 +47,14 @@ Memory is a handful of floats per *channel* (never a per-parameter copy).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence, Set, Union
 
 import torch
 
 from .groups import Group
-from .surgery import Surgeon
+
+if TYPE_CHECKING:
+    from .surgery import Surgeon
 
 
 Index = Union[slice, torch.Tensor]
@@ -214,7 +216,7 @@ class ChannelStats:
         self.needs = (self.needs | {"taylor"}) if on else (self.needs - {"taylor"})
 
     # ------------------------------------------------------------------------------ layout
-    def rebuild(self, surgeon: Surgeon, alive: Mapping[str, torch.Tensor]) -> None:
+    def rebuild(self, surgeon: "Surgeon", alive: Mapping[str, torch.Tensor]) -> None:
         """Recompute which current tensor positions feed which slot (after any structural change)."""
         plans: Dict[int, _TensorPlan] = {}
         count = torch.zeros(self.size)

@@ -18,7 +18,7 @@ import torch
 
 from .errors import PruneError
 from .groups import Group
-from .layers import side_effect_free
+from .tracing import side_effect_free
 from .surgery import Surgeon
 
 
@@ -89,3 +89,29 @@ def foreign_optimizers(tensors: Sequence[torch.Tensor], attached: Sequence[torch
         gc.collect()
         found = [(ref, n) for ref, n in found if ref() is not None]
     return [(ref(), n) for ref, n in found]
+
+
+def check_attachable(model: torch.nn.Module, groups: Sequence[Group], opts: Sequence[Any]) -> None:
+    """Every item is a torch optimizer holding at least one of the model's parameters."""
+    mine = {id(p) for p in model.parameters()} | {id(m.tensor) for g in groups for m in g.members}
+    for i, opt in enumerate(opts):
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise PruneError(f"attach() takes torch optimizers; item {i} is a {type(opt).__name__}")
+        if not any(id(p) in mine for pg in opt.param_groups for p in pg["params"]):
+            raise PruneError(
+                f"optimizer {i} ({type(opt).__name__}) holds none of the model's parameters: it trains another "
+                "model (or a copy made before the Pruner). Attach the optimizers that train this model."
+            )
+
+
+def check_no_foreign_optimizers(surgeon: Surgeon, groups: Sequence[Group]) -> None:
+    """Physical removal cannot slice the state of an optimizer it was never given: refuse up front."""
+    tensors = [m.tensor for g in groups for m in g.members]
+    found = foreign_optimizers(tensors, surgeon.optimizers)  # the ones whose state is sliced
+    if found:
+        opt, n = found[0]
+        raise PruneError(
+            f"an optimizer the pruner is not attached to ({type(opt).__name__}) holds state for {n} tensor(s) that "
+            "physical pruning shrinks; that state would no longer fit. Pass every optimizer that trains the model "
+            "to pruner.attach([...]) before pruning, or prune with physical=False (masks)."
+        )

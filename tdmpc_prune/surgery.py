@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from .errors import PruneError
 from .groups import Group, Member
-from .layers import masked_norm_hook, sync_shape_attributes
+from .tracing import masked_norm_hook, sync_shape_attributes
 
 Key = Tuple[int, int]
 

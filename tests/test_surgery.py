@@ -37,7 +37,7 @@ def _setup(official: bool):
 
 
 def _named(model):
-    from tdmpc_prune.layers import named_tensors
+    from tdmpc_prune.tracing import named_tensors
 
     return {k: v for k, v in named_tensors(model).items() if v.requires_grad}
 
@@ -83,7 +83,7 @@ def test_mirrors_follow_the_online_ensemble(official: bool) -> None:
         target_before = {k: v.clone() for k, v in model._target_Qs.named_tensors()}
     pruner.prune_to()
     _train_step(model, opt, pi_opt, inputs)
-    from tdmpc_prune.layers import ensemble_tensors
+    from tdmpc_prune.tracing import ensemble_tensors
 
     online, detach, target = (ensemble_tensors(m) for m in (model._Qs, model._detach_Qs, model._target_Qs))
     for k in online:

@@ -388,7 +388,7 @@ def test_state_dict_round_trip_reproduces_acting_and_updates():
 
 def test_agent_keeps_working_after_layers_shrink_in_place():
     """Nothing caches widths: drop one latent simplex and half of pi's first hidden layer in place."""
-    from tdmpc_prune.layers import sync_shape_attributes
+    from tdmpc_prune.tracing import sync_shape_attributes
 
     cfg = tiny_cfg()
     agent = TDMPC2(cfg)

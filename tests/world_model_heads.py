@@ -11,7 +11,7 @@ Q_COPIES = {"": {}, "_detach": {"detach": True}, "_target": {"target": True}}
 
 def randomise(wm: nn.Module, seed: int = 1, skip: Tuple[str, ...] = ("log_std", "_action_masks")) -> nn.Module:
     """Every float tensor random (the zero-initialised heads and the target copy too), in place."""
-    from tdmpc_prune.layers import named_tensors
+    from tdmpc_prune.tracing import named_tensors
 
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -12,7 +12,14 @@
 from .callback import LoggerSink, PruningCallback
 from .components import Wiring, wiring
 from .deploy import export
-from .io import PruningState, get_pruner, load
-from .wrap import pruned_class, wrap
+import sys as _sys
+
+from . import saving as _saving
+from .saving import PruningState, get_pruner
+from .wrap import load, pruned_class, wrap
+
+# models saved before the module was renamed pickle `tdmpc_prune.sb3.io.PruningState`; this alias
+# lets them load (tests/test_sb3_compat.py) without a module that shadows the standard `io`
+_sys.modules.setdefault(f"{__name__}.io", _saving)
 
 __all__ = ["PruningCallback", "wrap", "load", "export", "get_pruner", "LoggerSink", "PruningState", "Wiring", "wiring", "pruned_class"]

@@ -16,7 +16,7 @@ from ..pruner import Pruner
 from ..validation import check_number, check_type
 from ..tensorboard import ImportanceHeatmap, log_pruner, prune_hparams
 from .components import optimizers
-from .io import bind
+from .saving import bind
 
 CALLBACK_OPTIONS = ("total_timesteps", "log_freq", "heatmap", "verbose")
 TENSORBOARD_ONLY = ("stdout", "log", "json", "csv")

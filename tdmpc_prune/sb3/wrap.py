@@ -1,13 +1,20 @@
-"""`wrap(model, **options)`: the model, ready to `learn()` with pruning attached."""
+"""`wrap(model, **options)`: the model, ready to `learn()` with pruning attached; `load(path)`: a
+saved pruned model, wrapped the same way."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+import importlib
+import io
+import pathlib
+from typing import Any, Dict, List, Optional, Union
 
+import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback
+from stable_baselines3.common.save_util import load_from_zip_file
 
+from ..errors import PruneError
 from .callback import PruningCallback
-from .io import ATTR, PruningState, restore
+from .saving import ATTR, PruningState, restore
 
 _CLASSES: Dict[type, type] = {}
 
@@ -89,3 +96,38 @@ def wrap(model: BaseAlgorithm, callback: Optional[PruningCallback] = None, **opt
     getattr(model, ATTR).callback = cb
     model.__class__ = pruned_class(type(model))
     return model
+
+
+def _algo_class(path: str) -> type:
+    module, _, name = path.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def load(
+    path: Union[str, pathlib.Path, io.BufferedIOBase],
+    env: Any = None,
+    device: Union[th.device, str] = "auto",
+    custom_objects: Optional[Dict[str, Any]] = None,
+    **kwargs: Any,
+) -> BaseAlgorithm:
+    """Load a model saved (with stock `model.save()`) while or after pruning.
+
+    Rebuilds the unpruned policy, replays the saved pruning history on it (same shapes, same masks),
+    loads the weights and optimizer states, and returns the model wrapped: `learn()` continues the
+    pruning schedule where it stopped (pass `reset_num_timesteps=False` to keep the clock).
+    Arguments are those of `ALGO.load`.
+    """
+    data, _, _ = load_from_zip_file(path, device="cpu", custom_objects=custom_objects)
+    state = (data or {}).get(ATTR)
+    if not isinstance(state, PruningState) or state.saved is None:
+        raise PruneError(
+            f"{path} holds no tdmpc_prune state (it was not saved from a pruned model); load it with ALGO.load()"
+        )
+    if hasattr(path, "seek"):
+        path.seek(0)
+    algo = _algo_class(state.algo)
+    objects = {**(custom_objects or {}), "policy_kwargs": state.policy_kwargs}
+    return pruned_class(algo).load(path, env=env, device=device, custom_objects=objects, **kwargs)

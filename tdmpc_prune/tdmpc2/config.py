@@ -29,7 +29,15 @@ MODEL_SIZES: Dict[str, Dict[str, int]] = {
     "317": dict(enc_dim=4096, mlp_dim=4096, latent_dim=1376, num_enc_layers=5, num_q=8),
 }
 
-WIDTH_KEYS = ("enc_dims", "dynamics_dims", "reward_dims", "termination_dims", "pi_dims", "q_dims")
+# component -> the config key that records its hidden widths (pruning writes them back here)
+WIDTH_KEYS: Dict[str, str] = {
+    "encoder": "enc_dims",
+    "dynamics": "dynamics_dims",
+    "reward": "reward_dims",
+    "termination": "termination_dims",
+    "policy": "pi_dims",
+    "Q": "q_dims",
+}
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -203,7 +211,7 @@ class TDMPC2Config:
                 f"latent_dim={self.latent_dim} is not a multiple of the SimNorm group size simnorm_dim={self.simnorm_dim}; "
                 f"use e.g. latent_dim={lo} or latent_dim={lo + self.simnorm_dim}"
             )
-        for key in WIDTH_KEYS:
+        for key in WIDTH_KEYS.values():
             dims = getattr(self, key)
             if dims is not None and (not dims or any(int(d) < 1 for d in dims)):
                 raise ConfigError(f"{key}={dims!r}: give a non-empty list of positive widths, e.g. {key}=[256,256]")

@@ -1,7 +1,7 @@
 """Building blocks of the TD-MPC2 world model: `NormedLinear`, `SimNorm` and the `mlp` builder.
 
 The layer types and their attribute names follow the official tdmpc2 so that one set of pruning
-hooks (see `tdmpc_prune.layers`) serves both: a `NormedLinear` is an `nn.Linear` that owns its
+hooks (see `tdmpc_prune.tracing`) serves both: a `NormedLinear` is an `nn.Linear` that owns its
 LayerNorm (`ln`), activation (`act`) and optional dropout (`dropout`), computing
 `act(ln(dropout(linear(x))))`; `SimNorm` is a softmax over consecutive groups of `dim` channels.
 Widths are never cached outside the tensors: `in_features`/`out_features` are read from the
@@ -115,11 +115,6 @@ class _MLP(nn.Sequential):
         drop = next((m.dropout.p for m in self if isinstance(m, NormedLinear) and m.dropout is not None), None)
         drop_s = f", dropout={drop}" if drop else ""
         return f"MLP({'->'.join(widths)}{drop_s}{tail}, params={num_params(self):,})"
-
-
-def hidden_widths(seq: nn.Sequential) -> list[int]:
-    """Current hidden widths of an `mlp` (read from the weights, so pruned layers report their true size)."""
-    return [int(m.weight.shape[0]) for m in list(seq)[:-1]]
 
 
 def weight_init(m: nn.Module) -> None:

@@ -20,6 +20,8 @@ import torch.nn as nn
 from ..config import PruneConfig
 from ..errors import PruneError
 from ..pruner import Pruner
+from ..tracing import ensemble_template, is_ensemble
+from .config import WIDTH_KEYS
 
 # component name -> world-model attribute (in the order they are reported)
 COMPONENT_ATTRS: Tuple[Tuple[str, str], ...] = (
@@ -32,15 +34,6 @@ COMPONENT_ATTRS: Tuple[Tuple[str, str], ...] = (
     ("task_embedding", "_task_emb"),
 )
 REQUIRED = ("_encoder", "_dynamics", "_reward", "_pi", "_Qs")
-# config keys of our agent that record each component's hidden widths
-WIDTH_KEYS = {
-    "encoder": "enc_dims",
-    "dynamics": "dynamics_dims",
-    "reward": "reward_dims",
-    "termination": "termination_dims",
-    "policy": "pi_dims",
-    "Q": "q_dims",
-}
 
 
 def world_model_of(agent_or_model: nn.Module) -> nn.Module:
@@ -120,8 +113,6 @@ def _register_mirrors(pruner: Pruner, wm: nn.Module) -> None:
 
 def hidden_widths(wm: nn.Module) -> Dict[str, List[int]]:
     """Current hidden widths of every component (Linear outputs except the last)."""
-    from ..layers import ensemble_template, is_ensemble
-
     out: Dict[str, List[int]] = {}
     for name, attr in COMPONENT_ATTRS:
         mod = getattr(wm, attr, None)

@@ -7,20 +7,17 @@ position, statistics, pruning history) and the *unpruned* `policy_kwargs`, never
 After each physical pruning event the new hidden widths are written back into
 `model.policy_kwargs["net_arch"]` when `net_arch` can express them (checked by building a policy
 from it), so stock `ALGO.load()` rebuilds the pruned shapes.  `load()` below always works: it builds
-the unpruned policy, replays the pruning history on it, then loads the weights.
+the unpruned policy, replays the pruning history on it, then loads the weights (`tdmpc_prune.sb3.load`,
+in `wrap.py`, which makes the loaded model prune as it continues training).
 """
 from __future__ import annotations
 
 import copy
-import importlib
-import io
-import pathlib
 import warnings
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional
 
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.save_util import load_from_zip_file
 
 from ..config import PruneConfig
 from ..errors import PruneError
@@ -205,41 +202,3 @@ def after_surgery(model: BaseAlgorithm, state: PruningState) -> None:
                     stacklevel=2,
                 )
     reset_noise(model)
-
-
-# ------------------------------------------------------------------------------------ loading
-def _algo_class(path: str) -> type:
-    module, _, name = path.partition(":")
-    obj: Any = importlib.import_module(module)
-    for part in name.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def load(
-    path: Union[str, pathlib.Path, io.BufferedIOBase],
-    env: Any = None,
-    device: Union[th.device, str] = "auto",
-    custom_objects: Optional[Dict[str, Any]] = None,
-    **kwargs: Any,
-) -> BaseAlgorithm:
-    """Load a model saved (with stock `model.save()`) while or after pruning.
-
-    Rebuilds the unpruned policy, replays the saved pruning history on it (same shapes, same masks),
-    loads the weights and optimizer states, and returns the model wrapped: `learn()` continues the
-    pruning schedule where it stopped (pass `reset_num_timesteps=False` to keep the clock).
-    Arguments are those of `ALGO.load`.
-    """
-    from .wrap import pruned_class
-
-    data, _, _ = load_from_zip_file(path, device="cpu", custom_objects=custom_objects)
-    state = (data or {}).get(ATTR)
-    if not isinstance(state, PruningState) or state.saved is None:
-        raise PruneError(
-            f"{path} holds no tdmpc_prune state (it was not saved from a pruned model); load it with ALGO.load()"
-        )
-    if hasattr(path, "seek"):
-        path.seek(0)
-    algo = _algo_class(state.algo)
-    objects = {**(custom_objects or {}), "policy_kwargs": state.policy_kwargs}
-    return pruned_class(algo).load(path, env=env, device=device, custom_objects=objects, **kwargs)

@@ -1,4 +1,4 @@
-"""What torch-pruning's dependency graph cannot see, and how we show it.
+"""Trace stand-ins: what torch-pruning's dependency graph cannot see, and how we show it.
 
 Group discovery traces a *view* of the model in which three kinds of layer are swapped, in place
 and only for the duration of the trace, for plain equivalents that torch-pruning understands:
