@@ -42,13 +42,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         print(f"tdmpc-prune: unknown command {name!r}.{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
-    from .errors import PruneError, RunError
-    from .tdmpc2.config import ConfigError
-    from .tdmpc2.envs import UnknownTaskError
+    from .errors import PruneError
 
     try:
         _resolve(name)(rest)
-    except (ConfigError, UnknownTaskError, RunError, PruneError) as e:
+    except PruneError as e:  # every bad-input error of the package (errors.py)
         message = " ".join(str(e).split())  # one line, whatever the message holds
         print(f"tdmpc-prune {name}: error: {message}", file=sys.stderr)
         return 2

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Dict, Type, Union
 
 import torch
 
+from .errors import ArgumentError
+
 if TYPE_CHECKING:
     from .importance import ChannelStats
 
@@ -48,9 +50,9 @@ def register_criterion(criterion: Union[Criterion, Type[Criterion]]) -> Union[Cr
     """
     obj = criterion() if isinstance(criterion, type) else criterion
     if not isinstance(obj, Criterion):
-        raise TypeError(f"a criterion must subclass tdmpc_prune.criteria.Criterion, got {type(obj).__name__}")
+        raise ArgumentError(f"a criterion must subclass tdmpc_prune.criteria.Criterion, got {type(obj).__name__}")
     if not obj.name or not isinstance(obj.name, str):
-        raise ValueError(f"{type(obj).__name__} needs a non-empty string `name` to be registered")
+        raise ArgumentError(f"{type(obj).__name__} needs a non-empty string `name` to be registered")
     CRITERIA[obj.name] = obj
     return criterion
 

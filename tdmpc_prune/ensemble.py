@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
+from .errors import ModelError
+
 _SEP = "__"  # ParameterDict keys cannot contain '.'
 
 
@@ -52,7 +54,7 @@ class StackedEnsemble(nn.Module):
         elif mode in ("shared", "copy"):
             self.params = _TensorBag(tensors, persistent=(mode == "copy"))
         else:
-            raise ValueError(f"mode must be 'params', 'shared' or 'copy', got {mode!r}")
+            raise ModelError(f"mode must be 'params', 'shared' or 'copy', got {mode!r}")
         self.mode = mode
         object.__setattr__(self, "template", template)  # deliberately not a registered submodule
         first = next(iter(tensors.values()))
@@ -61,7 +63,7 @@ class StackedEnsemble(nn.Module):
     @classmethod
     def from_modules(cls, modules: Sequence[nn.Module]) -> "StackedEnsemble":
         if len(modules) < 1:
-            raise ValueError("StackedEnsemble needs at least one module")
+            raise ModelError("StackedEnsemble needs at least one module")
         names = [n for n, _ in modules[0].named_parameters()]
         stacked = {
             n: torch.stack([dict(m.named_parameters())[n].detach() for m in modules]).clone() for n in names

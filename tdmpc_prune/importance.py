@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Seque
 
 import torch
 
+from .errors import ArgumentError, PruneError, UnknownStatisticError
 from .groups import Group
 
 if TYPE_CHECKING:
@@ -132,7 +133,7 @@ STATISTICS: Dict[str, Statistic] = {
 def register_statistic(name: str, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], uses_weight: bool = True) -> None:
     """Make `fn(grad, weight) -> elementwise observation` gatherable as `name` (EMA'd per channel as `stats.ema[name]`)."""
     if not callable(fn):
-        raise TypeError(f"statistic {name!r}: expected a callable fn(grad, weight), got {type(fn).__name__}")
+        raise ArgumentError(f"statistic {name!r}: expected a callable fn(grad, weight), got {type(fn).__name__}")
     STATISTICS[name] = Statistic(fn, uses_weight=uses_weight)
 
 
@@ -184,7 +185,7 @@ class ChannelStats:
         """Gather exactly these statistics from now on (buffers of statistics kept are kept)."""
         unknown = set(names) - set(STATISTICS)
         if unknown:
-            raise KeyError(f"unknown statistics {sorted(unknown)}; registered: {', '.join(STATISTICS)} (see register_statistic)")
+            raise UnknownStatisticError(f"unknown statistics {sorted(unknown)}; registered: {', '.join(STATISTICS)} (see register_statistic)")
         old = dict(zip(getattr(self, "_names", []), getattr(self, "_ema", torch.zeros(0, self.size)).unbind(0)))
         self._names = sorted(names, key=lambda x: (list(STATISTICS).index(x), x))
         self._row = {name: i for i, name in enumerate(self._names)}
@@ -373,7 +374,7 @@ class ChannelStats:
         for b in _BUFFERS:
             v = state[b]
             if v.shape != getattr(self, b).shape:
-                raise ValueError(f"statistics {b!r} have shape {tuple(v.shape)}, expected {tuple(getattr(self, b).shape)}")
+                raise PruneError(f"statistics {b!r} have shape {tuple(v.shape)}, expected {tuple(getattr(self, b).shape)}")
             setattr(self, b, v.to(self.device).clone())
         for name in saved & set(self._row):
             self._ema[self._row[name]] = state[f"ema_{name}"].to(self.device)

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple, Union
 
-from .errors import PruneConfigError
+from .errors import ArgumentError, PruneConfigError
 
 if TYPE_CHECKING:
     from .config import PruneConfig
@@ -38,7 +38,7 @@ SCHEDULES: Dict[str, ScheduleFn] = {}
 def register_schedule(fn: ScheduleFn, name: Optional[str] = None) -> ScheduleFn:
     """Register `fn(start, end, iterations) -> [(step, fraction), ...]` under `name` (default: its __name__)."""
     if not callable(fn):
-        raise TypeError(f"a schedule must be a callable fn(start, end, iterations), got {type(fn).__name__}")
+        raise ArgumentError(f"a schedule must be a callable fn(start, end, iterations), got {type(fn).__name__}")
     SCHEDULES[name or fn.__name__] = fn
     return fn
 

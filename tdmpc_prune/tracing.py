@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from .ensemble import StackedEnsemble
+from .errors import ModelError
 
 
 class BlockMarker(nn.Module):
@@ -214,9 +215,9 @@ def _as_parameter(member: nn.Module, name: str, value: torch.Tensor, ens_name: s
     try:
         owner = member.get_submodule(owner_name) if owner_name else member
     except AttributeError as e:
-        raise TypeError(f"ensemble {ens_name!r}: stacked tensor {name!r} has no module in its template") from e
+        raise ModelError(f"ensemble {ens_name!r}: stacked tensor {name!r} has no module in its template") from e
     if attr not in owner._parameters and not isinstance(getattr(owner, attr, None), torch.Tensor):
-        raise TypeError(f"ensemble {ens_name!r}: stacked tensor {name!r} has no slot in its template module")
+        raise ModelError(f"ensemble {ens_name!r}: stacked tensor {name!r} has no slot in its template module")
     param = nn.Parameter(value, requires_grad=True)
     if attr not in owner._parameters:
         delattr(owner, attr)  # a plain tensor attribute (or a buffer): re-registered as a Parameter

@@ -12,7 +12,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback
 from stable_baselines3.common.save_util import load_from_zip_file
 
-from ..errors import PruneError
+from ..errors import ArgumentError, PruneError
 from .callback import PruningCallback
 from .saving import ATTR, PruningState, restore
 
@@ -90,7 +90,7 @@ def wrap(model: BaseAlgorithm, callback: Optional[PruningCallback] = None, **opt
     (`isinstance(model, PPO)` holds) and saves with stock `model.save()`.
     """
     if callback is not None and options:
-        raise TypeError("wrap() takes either a PruningCallback or prune options, not both")
+        raise ArgumentError("wrap() takes either a PruningCallback or prune options, not both")
     cb = callback if callback is not None else PruningCallback(**options)
     cb.init_callback(model)
     getattr(model, ATTR).callback = cb

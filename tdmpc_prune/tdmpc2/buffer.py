@@ -12,6 +12,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
+from ..errors import ModelError, RunError
+
 
 class ReplayBuffer:
     """Ring buffer of episodes; `capacity` counts stored entries (agent steps + one reset obs per episode)."""
@@ -39,9 +41,9 @@ class ReplayBuffer:
         """Append one episode: obs (T+1, obs_dim), action (T+1, A), reward/terminated (T+1,) (row 0: reset)."""
         n = obs.shape[0]
         if n < self.horizon + 1:
-            raise ValueError(f"an episode of {n} entries is shorter than horizon+1={self.horizon + 1}")
+            raise ModelError(f"an episode of {n} entries is shorter than horizon+1={self.horizon + 1}")
         if n > self.capacity:
-            raise ValueError(f"an episode of {n} entries does not fit a buffer of capacity {self.capacity}; raise buffer_size")
+            raise ModelError(f"an episode of {n} entries does not fit a buffer of capacity {self.capacity}; raise buffer_size")
         idx = (self._ptr + torch.arange(n)) % self.capacity
         dev = self._obs.device
         idx = idx.to(dev)
@@ -62,7 +64,7 @@ class ReplayBuffer:
 
     def sample(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, None]:
         if self._starts.numel() == 0:
-            raise RuntimeError("the replay buffer is empty: add an episode before sampling")
+            raise RunError("the replay buffer is empty: add an episode before sampling")
         pick = torch.randint(self._starts.numel(), (self.batch_size,))
         start = self._starts[pick.to(self._starts.device)]
         window = (start.unsqueeze(0) + torch.arange(self.horizon + 1, device=start.device).unsqueeze(1)) % self.capacity

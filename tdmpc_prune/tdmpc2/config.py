@@ -17,6 +17,7 @@ import typing
 from dataclasses import dataclass, fields
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
 
+from ..errors import ConfigError
 from ..validation import check_number, check_order, check_type
 
 # Presets of the paper (official `MODEL_SIZE`) plus a small CPU preset.  Keys: str(model_size).
@@ -39,10 +40,6 @@ WIDTH_KEYS: Dict[str, str] = {
     "Q": "q_dims",
 }
 DEVICES = ("auto", "cpu", "cuda")
-
-
-class ConfigError(ValueError):
-    """A bad override key or value; the message names the problem and the fix."""
 
 
 @dataclass

@@ -12,13 +12,11 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
+from ..errors import UnknownTaskError
+
 os.environ.setdefault("MUJOCO_GL", "egl")  # rendering is never needed; egl avoids needing a display
 
 DOMAIN_ALIASES = {"cup": "ball_in_cup", "pointmass": "point_mass"}
-
-
-class UnknownTaskError(ValueError):
-    """The task name is not a dm-control suite task."""
 
 
 def _suite():

@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import ModelError
+
 
 def num_params(module: nn.Module) -> int:
     """Number of parameters (trainable or not) held by `module`; meta tensors count too."""
@@ -31,7 +33,7 @@ class SimNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         if shape[-1] % self.dim:
-            raise ValueError(
+            raise ModelError(
                 f"SimNorm got {shape[-1]} channels, not a multiple of its group size {self.dim}; "
                 "the latent width must be a multiple of simnorm_dim"
             )
@@ -97,7 +99,7 @@ def mlp(
     """
     hidden = [int(hidden_dims)] if isinstance(hidden_dims, int) else [int(d) for d in hidden_dims]
     if not hidden:
-        raise ValueError("mlp needs at least one hidden layer")
+        raise ModelError("mlp needs at least one hidden layer")
     dims = [int(in_dim)] + hidden + [int(out_dim)]
     layers: list[nn.Module] = [
         NormedLinear(dims[i], dims[i + 1], dropout=dropout if i == 0 else 0.0) for i in range(len(dims) - 2)

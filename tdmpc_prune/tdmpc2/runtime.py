@@ -18,6 +18,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from .. import deploy
+from ..errors import RunError
 from .deploy import MANIFEST
 
 
@@ -52,7 +53,7 @@ class OrtController:
     def act(self, obs: np.ndarray, t0: bool = False, eval_mode: bool = False) -> np.ndarray:
         """Plan from one observation (obs_dim,): the action (action_dim,) in [-1, 1]."""
         if self.planner is None:
-            raise RuntimeError("this export has no planner graph; export it without `only=` or use policy()")
+            raise RunError("this export has no planner graph; export it without `only=` or use policy()")
         if t0:
             self.prev_mean[:] = 0
         feed = {"obs": np.asarray(obs, np.float32).reshape(1, -1), "prev_mean": self.prev_mean, **self.noise(eval_mode)}
@@ -62,6 +63,6 @@ class OrtController:
     def policy(self, obs: np.ndarray) -> np.ndarray:
         """The policy prior's deterministic action for observations (..., obs_dim)."""
         if self.prior is None:
-            raise RuntimeError("this export has no policy graph")
+            raise RunError("this export has no policy graph")
         obs = np.asarray(obs, np.float32)
         return self.prior.run(["action"], {"obs": obs.reshape(-1, obs.shape[-1])})[0].reshape(*obs.shape[:-1], -1)

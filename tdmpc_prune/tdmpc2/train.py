@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..errors import RunError
+from ..errors import ResumeError, RunError
 from .config import ConfigError, TDMPC2Config, parse_overrides
 from .rundir import RunLock, claim, default_exp_name, missing_dirs, remove_if_unused
 from .trainer import CHECKPOINT, Trainer, run_dir, seed_everything
@@ -22,10 +22,6 @@ RESUMABLE_KEYS = ("steps", "eval_freq", "eval_episodes", "save_freq", "log_freq"
 # Keys that never enter a derived run name: run control, and what the run directory path already holds.
 UNNAMED_KEYS = RESUMABLE_KEYS + ("task", "seed", "exp_name")
 CHECKPOINT_KEYS = ("version", "cfg", "agent", "buffer", "counters")
-
-
-class ResumeError(RunError):
-    """`resume=true` cannot continue: no checkpoint, an unreadable one, or an incompatible override."""
 
 
 def build(cfg: TDMPC2Config, callbacks: Sequence[Any] = (), directory: Optional[str] = None,

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from ..errors import RunError
 from .agent import TDMPC2
 from .buffer import ReplayBuffer
 from .config import TDMPC2Config
@@ -214,7 +215,7 @@ class Trainer:
                 action = self.env.rand_act(self.action_rng)
             obs, reward, done, info = self.env.step(action)
             if info["terminated"] and not cfg.episodic:
-                raise RuntimeError(
+                raise RunError(
                     f"task {cfg.task} terminated early but episodic=false; set episodic=true to learn terminations"
                 )
             obs_l.append(obs), act_l.append(action), rew_l.append(reward), term_l.append(float(info["terminated"]))

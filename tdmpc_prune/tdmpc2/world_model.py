@@ -26,6 +26,7 @@ from torch.func import functional_call
 
 from ..ensemble import StackedEnsemble
 from . import functional as Fn
+from ..errors import ModelError, RunError
 from .config import TDMPC2Config
 from .layers import SimNorm, mlp, weight_init
 
@@ -38,7 +39,7 @@ class WorldModel(nn.Module):
     def __init__(self, cfg: TDMPC2Config):
         super().__init__()
         if cfg.obs_dim is None or cfg.action_dim is None:
-            raise ValueError("cfg.obs_dim and cfg.action_dim must be set (they come from the environment)")
+            raise ModelError("cfg.obs_dim and cfg.action_dim must be set (they come from the environment)")
         self.cfg = cfg
         w = cfg.widths()
         td = cfg.task_dim if cfg.multitask else 0
@@ -111,7 +112,7 @@ class WorldModel(nn.Module):
         for name, online in self._Qs.named_tensors():
             t = target[name]
             if t.shape != online.shape:
-                raise RuntimeError(
+                raise RunError(
                     f"target Q tensor {name!r} has shape {tuple(t.shape)} but the online one {tuple(online.shape)}: "
                     "shrink the target ensemble together with the online one"
                 )
@@ -151,7 +152,7 @@ class WorldModel(nn.Module):
     def termination(self, z: torch.Tensor, task: Task = None, unnormalized: bool = False) -> torch.Tensor:
         """Termination probability (..., 1) (a logit with `unnormalized=True`). Episodic models only."""
         if self._termination is None:
-            raise RuntimeError("this world model has no termination head: build it with episodic=true")
+            raise RunError("this world model has no termination head: build it with episodic=true")
         logit = self._termination(self._in(z, task))
         return logit if unnormalized else torch.sigmoid(logit)
 
@@ -196,7 +197,7 @@ class WorldModel(nn.Module):
         with the largest draws (by default drawn here).
         """
         if return_type not in ("min", "avg", "all"):
-            raise ValueError(f"return_type must be 'min', 'avg' or 'all', got {return_type!r}")
+            raise ModelError(f"return_type must be 'min', 'avg' or 'all', got {return_type!r}")
         x = self._in(z, task, a)
         ens = self._target_Qs if target else self._detach_Qs if detach else self._Qs
         with _eval_template(ens) if target else contextlib.nullcontext():
