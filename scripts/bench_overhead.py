@@ -1,20 +1,33 @@
-"""Overhead of the pruner's training-time work on a TD-MPC2 update step, measured in one run.
+"""Overhead of the pruner's training-time work, measured in one run.
 
-Builds our TD-MPC2 agent at the 5M preset (by default), fills a replay buffer with random
-transitions, and times `agent.update()` with the pruner attached (statistics from the optimizer
-step + cosine group-lasso pressure) and detached, interleaved in blocks so drift on a shared machine
-hits both equally.  The last line of output is JSON:
+1. TD-MPC2: builds our agent at the 5M preset (by default), fills a replay buffer with random
+   transitions, and times `agent.update()` with the pruner attached (statistics from the optimizer
+   step + cosine group-lasso pressure) and detached, interleaved in blocks so drift on a shared
+   machine hits both equally.
+2. SB3 (`--sb3`, default on): whole training runs with SB3's default hyper-parameters — PPO on
+   CartPole-v1 and SAC on Pendulum-v1 — each run once plain and once with `tdmpc_prune.sb3.wrap`
+   (bayes, group lasso on, sparsity 0.5 with the schedule beyond the run, so statistics, pressure
+   and logging all run and nothing is removed), the two orders alternating over `--repeats`
+   repeats. A run's time covers building the model and `learn()`. Ratios are pruned/plain per
+   repeat pair; the median and the min over pairs are reported, for wall time and for the thread's
+   CPU time (one torch thread: the work done, not inflated by other load).
 
-    {"overhead_ratio": r, "stats_bytes": ..., "param_bytes": ..., ...}
+The last line of output is JSON:
 
-Targets: r <= 1.02; statistics memory <= 1 % of parameter memory.
+    {"overhead_ratio": r, "stats_bytes": ..., "sb3": {"ppo_cartpole": {"wall_ratio_median": ...}, ...}, ...}
+
+Targets: r <= 1.02 and SB3 whole-run ratios <= 1.02; statistics memory <= 1 % of parameter memory.
 
     python scripts/bench_overhead.py [--model-size 5] [--blocks 6] [--updates 5] [--device cpu]
+                                     [--repeats 3] [--ppo-steps 16384] [--sac-steps 3000] [--no-sb3]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import time
+from typing import Any, Dict, List, Tuple
 
 import torch
 
@@ -54,18 +67,55 @@ def _hook_ms(pruner, agent, repeats: int) -> float:
     return time_calls(run_hooks, agent.device, repeats).ms
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model-size", default="5")
-    ap.add_argument("--blocks", type=int, default=6, help="alternating on/off blocks")
-    ap.add_argument("--updates", type=int, default=5, help="updates per block")
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--l1", type=float, default=1e-4, help="lambda_max of the group lasso (0: statistics only)")
-    ap.add_argument("--criterion", default="bayes")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+SB3_CASES = {  # name -> (algorithm, env id, steps argument); every hyper-parameter at SB3's default
+    "ppo_cartpole": ("PPO", "CartPole-v1", "ppo_steps"),
+    "sac_pendulum": ("SAC", "Pendulum-v1", "sac_steps"),
+}
+SB3_PRUNE = dict(criterion="bayes", sparsity=0.5, l1=1e-4)  # + total_timesteps: 10x the run (no event fires)
+
+
+def _sb3_run(algo_name: str, env_id: str, steps: int, pruned: bool, seed: int) -> Tuple[float, float]:
+    """(wall s, thread CPU s) of building the model and `learn(steps)`."""
+    import stable_baselines3
+    from tdmpc_prune.sb3 import wrap
+
+    wall, cpu = time.perf_counter(), time.thread_time()
+    model = getattr(stable_baselines3, algo_name)("MlpPolicy", env_id, seed=seed, device="cpu")
+    if pruned:
+        model = wrap(model, total_timesteps=10 * steps, **SB3_PRUNE)
+    model.learn(steps)
+    return time.perf_counter() - wall, time.thread_time() - cpu
+
+
+def bench_sb3(args: argparse.Namespace) -> Dict[str, Any]:
+    """Whole-run time ratios pruned/plain for each SB3 case, the orders alternating per repeat."""
+    out: Dict[str, Any] = {}
+    for name, (algo, env_id, steps_arg) in SB3_CASES.items():
+        steps = getattr(args, steps_arg)
+        _sb3_run(algo, env_id, min(steps, 512), True, seed=0)  # warm-up: imports, first-call costs
+        runs: Dict[bool, List[Tuple[float, float]]] = {True: [], False: []}
+        for r in range(args.repeats):
+            for pruned in ((True, False) if r % 2 == 0 else (False, True)):
+                runs[pruned].append(_sb3_run(algo, env_id, steps, pruned, seed=r))
+        wall = [on[0] / off[0] for on, off in zip(runs[True], runs[False])]
+        cpu = [on[1] / off[1] for on, off in zip(runs[True], runs[False])]
+        out[name] = {
+            "steps": steps,
+            "wall_ratio_median": round(statistics.median(wall), 4),
+            "wall_ratio_min": round(min(wall), 4),
+            "cpu_ratio_median": round(statistics.median(cpu), 4),
+            "cpu_ratio_min": round(min(cpu), 4),
+            "wall_s_plain": [round(w, 2) for w, _ in runs[False]],
+            "wall_s_pruned": [round(w, 2) for w, _ in runs[True]],
+        }
+        print(f"{name}: {steps} steps, pruned/plain wall {out[name]['wall_ratio_median']} (median of {args.repeats}), "
+              f"CPU time {out[name]['cpu_ratio_median']}", flush=True)
+    out["options"] = {**SB3_PRUNE, "total_timesteps": "10 x steps"}
+    return out
+
+
+def bench_tdmpc2(args: argparse.Namespace) -> Dict[str, Any]:
+    """The 5M (default) TD-MPC2 update with the pruner attached and detached, in alternating blocks."""
     torch.manual_seed(0)
 
     cfg = make_config(task="cartpole-balance", model_size=args.model_size, obs_dim=5, action_dim=1,
@@ -109,6 +159,29 @@ def main() -> None:
     }
     print(f"update: {result['ms_update_off']} ms without the pruner, {result['ms_update_on']} ms with statistics + L1; "
           f"the pruner's hooks alone: {result['hook_ms']} ms")
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model-size", default="5")
+    ap.add_argument("--blocks", type=int, default=6, help="alternating on/off blocks")
+    ap.add_argument("--updates", type=int, default=5, help="updates per block")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--l1", type=float, default=1e-4, help="lambda_max of the group lasso (0: statistics only)")
+    ap.add_argument("--criterion", default="bayes")
+    ap.add_argument("--no-tdmpc2", action="store_true", help="skip the TD-MPC2 update benchmark")
+    ap.add_argument("--no-sb3", action="store_true", help="skip the SB3 whole-run benchmarks")
+    ap.add_argument("--repeats", type=int, default=3, help="alternating plain/pruned pairs per SB3 case")
+    ap.add_argument("--ppo-steps", type=int, default=16_384, help="PPO CartPole-v1 timesteps (8 rollouts of 2048)")
+    ap.add_argument("--sac-steps", type=int, default=3_000, help="SAC Pendulum-v1 timesteps (updates from step 100)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    result: Dict[str, Any] = {} if args.no_tdmpc2 else bench_tdmpc2(args)
+    if not args.no_sb3:
+        result["sb3"] = bench_sb3(args)
     print(json.dumps(result))
 
 

@@ -101,6 +101,38 @@ class _TensorPlan:
     entries: List[_Entry]
 
 
+@dataclass
+class _Collection:
+    """One optimizer's share of the layout, precomputed: which plans it steps, each entry with the
+    view of the pending buffer it adds to (None: an index_add) and the dims it sums over."""
+
+    plan: List[_TensorPlan]
+    pending: torch.Tensor
+    live: List[int]
+    entries: list = None  # (index into live, entry, destination view or None, reduce dims)
+    rounds: list = None  # (entry indices, their destination views): layers that share no slot, in order
+
+
+def _rounds(dests: Sequence[tuple]) -> List[List[int]]:
+    """Split slice destinations into layers that write disjoint slots, keeping each slot's add order.
+
+    A fused `torch._foreach_add_` may run its items concurrently (CUDA), so two items of one call
+    must never write the same memory; an entry goes one layer after the last earlier entry whose
+    slots it overlaps, so every slot receives its adds in the original order.
+    """
+    layers: List[List[int]] = []
+    placed: List[tuple] = []  # (start, stop, layer)
+    for k, (flat, view) in enumerate(dests):
+        if view is None:
+            continue
+        layer = 1 + max((lay for a, b, lay in placed if a < flat.stop and flat.start < b), default=-1)
+        placed.append((flat.start, flat.stop, layer))
+        while len(layers) <= layer:
+            layers.append([])
+        layers[layer].append(k)
+    return layers
+
+
 @dataclass(frozen=True)
 class Statistic:
     """A per-step observation, elementwise over a gradient g and its weight w (`each`), with an
@@ -174,6 +206,7 @@ class ChannelStats:
             torch.arange(len(self.groups), dtype=torch.int32), torch.tensor([g.channels for g in self.groups])
         ).to(self.device)
         self.plan: List[_TensorPlan] = []
+        self._collections: Dict[tuple, _Collection] = {}
 
     # ------------------------------------------------------------------------------ what is gathered
     @property
@@ -245,53 +278,82 @@ class ChannelStats:
         self.alive = alive_flat.to(self.device)
 
     # ------------------------------------------------------------------------------ collection
-    def _targets(self) -> List[List[Optional[torch.Tensor]]]:
-        """Per plan and entry, the view of the pending buffer its sums go to (None: an index_add)."""
-        key = (id(self._p), id(self.plan))
-        if getattr(self, "_targets_key", None) != key:
-            self._target_views = [
-                [self._p[:, e.flat] if isinstance(e.flat, slice) else None for e in plan.entries] for plan in self.plan
-            ]
-            self._targets_key = key
-        return self._target_views
+    def _collection_plan(self, only: Optional[frozenset]) -> "_Collection":
+        """What `accumulate(only)` does, worked out once per layout, statistic set and optimizer."""
+        key = (only, len(self._names))
+        cached = self._collections.get(key)
+        if cached is not None and cached.plan is self.plan and cached.pending is self._p:
+            return cached
+        coll = _Collection(self.plan, self._p, [i for i, p in enumerate(self.plan) if only is None or id(p.tensor) in only])
+        single = len(self._names) == 1
+        entries = []
+        for j, i in enumerate(coll.live):
+            for e in self.plan[i].entries:
+                view = (self._p[0, e.flat] if single else self._p[:, e.flat]) if isinstance(e.flat, slice) else None
+                entries.append((j, e, view, e.reduce if single else tuple(e.reduce_shifted)))
+        coll.entries = entries
+        coll.rounds = [(layer, [entries[k][2] for k in layer]) for layer in _rounds([(e.flat, view) for _, e, view, _ in entries])]
+        self._collections[key] = coll
+        return coll
 
     @torch.no_grad()
     def accumulate(self, only: Optional[Set[int]] = None) -> None:
         """Add this step's gradients (of tensors whose id is in `only`, or all) to the pending sums.
 
         Elementwise statistics run fused over every tensor (`torch._foreach_*`), then each entry is
-        one sum; the adds into the pending buffer are one fused call as well.
+        one sum; the adds into the pending buffer are fused calls as well (one per layer of entries
+        that share no slot, so no two adds of one call write the same memory).
         """
         if not self._stats:
             return
-        targets = self._targets()
-        live = [
-            i for i, plan in enumerate(self.plan) if plan.tensor.grad is not None and (only is None or id(plan.tensor) in only)
-        ]
-        if not live:
+        coll = self._collection_plan(only if only is None or isinstance(only, frozenset) else frozenset(only))
+        tensors = [self.plan[i].tensor for i in coll.live]
+        grads = [t.grad for t in tensors]
+        if any(g is None for g in grads):
+            keep = [j for j, g in enumerate(grads) if g is not None]
+            if not keep:
+                return
+            self._accumulate_some(coll, tensors, keep)
+            self._pending = True
             return
-        grads = [self.plan[i].tensor.grad for i in live]
-        weights = [self.plan[i].tensor.detach() for i in live] if self._uses_weight else grads
+        if not grads:
+            return
+        weights = [t.detach() for t in tensors] if self._uses_weight else grads
         per_stat = [st.many(grads, weights) for st in self._stats]
-        single = len(per_stat) == 1
-        dst: List[torch.Tensor] = []
-        src: List[torch.Tensor] = []
-        for j, i in enumerate(live):
-            x = per_stat[0][j].unsqueeze(0) if single else torch.stack([ps[j] for ps in per_stat])
-            for e, view in zip(self.plan[i].entries, targets[i]):
-                v = x.sum(e.reduce_shifted) if e.reduce else x
-                if not e.full:
-                    v = v[:, e.pos]
-                if v.dtype != self._p.dtype:
-                    v = v.to(self._p.dtype)
-                if view is not None:
-                    dst.append(view)
-                    src.append(v)
-                else:
-                    self._p.index_add_(1, e.flat, v)
-        if dst:
-            torch._foreach_add_(dst, src)
+        xs = per_stat[0] if len(per_stat) == 1 else [torch.stack(parts) for parts in zip(*per_stat)]
+        values = []
+        for j, e, view, reduce in coll.entries:
+            v = xs[j].sum(reduce) if reduce else xs[j]
+            if not e.full:
+                v = v[..., e.pos]
+            if v.dtype != self._p.dtype:
+                v = v.to(self._p.dtype)
+            values.append(v)
+        for k, (_, e, view, _) in enumerate(coll.entries):
+            if view is None:
+                self._p.index_add_(1, e.flat, values[k] if len(per_stat) > 1 else values[k].unsqueeze(0))
+        for layer, dsts in coll.rounds:
+            torch._foreach_add_(dsts, [values[k] for k in layer])
         self._pending = True
+
+    def _accumulate_some(self, coll: "_Collection", tensors: List[torch.Tensor], keep: List[int]) -> None:
+        """The general path: only some of the tensors have a gradient this step."""
+        grads = [tensors[j].grad for j in keep]
+        weights = [tensors[j].detach() for j in keep] if self._uses_weight else grads
+        per_stat = [st.many(grads, weights) for st in self._stats]
+        pos_of = {j: k for k, j in enumerate(keep)}
+        for j, e, _, _ in coll.entries:
+            if j not in pos_of:
+                continue
+            x = torch.stack([ps[pos_of[j]] for ps in per_stat])
+            v = x.sum(e.reduce_shifted) if e.reduce else x
+            if not e.full:
+                v = v[:, e.pos]
+            v = v.to(self._p.dtype)
+            if isinstance(e.flat, slice):
+                self._p[:, e.flat] += v
+            else:
+                self._p.index_add_(1, e.flat, v)
 
     @torch.no_grad()
     def commit(self) -> None:
@@ -305,9 +367,9 @@ class ChannelStats:
         x = self._p.div_(self.count)
         ok = torch.isfinite(x).all().to(x.dtype)  # 1 for a clean step, 0 to skip it
         x.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-        first = (self.n_obs == 0).to(x.dtype)
+        first = self.n_obs == 0
         # EMA: x_1 on the first observed step (lerp weight 1), then gamma * old + (1 - gamma) * x
-        self._ema.lerp_(x, ok * (first + (1.0 - first) * (1.0 - self.gamma)))
+        self._ema.lerp_(x, ok * torch.where(first, 1.0, 1.0 - self.gamma))
         i = self._row.get("sq")
         if i is not None:  # the Gamma posterior of the gradient energy: S = rho S + f, N = rho N + 1
             f = x[i]

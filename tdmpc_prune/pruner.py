@@ -112,6 +112,7 @@ class Pruner:
         self._handles: List[Any] = []
         self._callbacks: List[Callable[["Pruner"], None]] = []
         self.stats.rebuild(self.surgeon, self.alive)
+        self._flops_at: Optional[tuple] = None  # (len(history), FLOPs) of the last trace
         self.dense_params = self.param_count()
         self.dense_flops: Optional[int] = self.flops()
 
@@ -314,8 +315,12 @@ class Pruner:
         return metrics.param_count(self.model, self.surgeon)
 
     def flops(self) -> int:
-        """FLOPs of one traced forward (torch.utils.flop_counter); masked channels still count."""
-        return metrics.flops(self.model, self.forward_fn, self.example_inputs)
+        """FLOPs of one traced forward (torch.utils.flop_counter); masked channels still count.
+
+        Traced once per structure (the count changes only at a pruning event), not at every log."""
+        if self._flops_at is None or self._flops_at[0] != len(self.history):
+            self._flops_at = (len(self.history), metrics.flops(self.model, self.forward_fn, self.example_inputs))
+        return self._flops_at[1]
 
     def metrics(self, with_flops: bool = True) -> Dict[str, float]:
         return metrics.report(self, with_flops)

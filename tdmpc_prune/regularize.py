@@ -20,11 +20,11 @@ pressure is on while pruning events remain (after the last one it would only shr
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Set, Union
+from typing import Dict, List, Optional, Sequence, Set, Union
 
 import torch
 
-from .importance import ChannelStats
+from .importance import ChannelStats, _rounds
 
 
 def cosine_lambda(t: float, i: Union[int, torch.Tensor], n: int, period: float, lam_max: float) -> Union[float, torch.Tensor]:
@@ -35,7 +35,12 @@ def cosine_lambda(t: float, i: Union[int, torch.Tensor], n: int, period: float, 
 
 
 class GroupLasso:
-    """Adds the scheduled group-lasso gradient for the pressured groups."""
+    """Applies the scheduled proximal group-lasso shrink to the pressured groups after a step.
+
+    The per-optimizer work (which tensors and entries, the views that receive the norms and give
+    the scales) is worked out once per layout, and lambda once per clock value, so a step costs a
+    fused square, one sum per entry, a few fused adds and multiplies, and six small ops.
+    """
 
     def __init__(self, stats: ChannelStats, lam_max: float, period: float, pressured: Sequence[str], eps: float = 1e-12):
         self.stats = stats
@@ -51,35 +56,115 @@ class GroupLasso:
         for i, gid in enumerate(self.pressured):
             index[stats.offsets[gid] : stats.offsets[gid] + channels[gid]] = float(i)
         self._index = index.to(stats.device)
+        self._plans: Dict[Optional[frozenset], _ShrinkPlan] = {}
+        self._lam_key: Optional[tuple] = None
+        self._lam_alive = torch.zeros(0)
 
     def lambdas(self, t: float) -> dict:
         n = len(self.pressured)
         return {gid: cosine_lambda(t, i, n, self.period, self.lam_max) for i, gid in enumerate(self.pressured)}
+
+    def _plan(self, only: Optional[frozenset]) -> "_ShrinkPlan":
+        stats = self.stats
+        plan = self._plans.get(only)
+        if plan is not None and plan.layout is stats.plan:
+            return plan
+        plan = _ShrinkPlan(stats.plan, stats.size, stats.device)
+        live = [p for p in stats.plan if only is None or id(p.tensor) in only]
+        groups = {e.group for p in live for e in p.entries} & self._pressured_set
+        norm_entries = []
+        for p in live:
+            entries = [e for e in p.entries if e.group in groups]
+            if not entries:
+                continue
+            j = len(plan.tensors)
+            plan.tensors.append(p.tensor)
+            for k, e in enumerate(entries):
+                norm_entries.append((j, e, plan.norm[e.flat] if isinstance(e.flat, slice) else None))
+                n = p.tensor.shape[e.dim]
+                shape = [1] * p.tensor.dim()
+                shape[e.dim] = -1
+                if e.full and isinstance(e.flat, slice):
+                    scale, fill = plan.factor[e.flat].view(shape), None  # a view: nothing to do per step
+                else:
+                    buf = torch.ones(n, device=p.tensor.device, dtype=plan.factor.dtype)
+                    scale, fill = buf.view(shape), buf
+                while len(plan.scale_rounds) <= k:
+                    plan.scale_rounds.append(([], [], []))
+                tensors, scales, fills = plan.scale_rounds[k]
+                tensors.append(p.tensor)
+                scales.append(scale)
+                fills.append((fill, e))
+        plan.norm_entries = norm_entries
+        plan.norm_rounds = [(layer, [norm_entries[k][2] for k in layer]) for layer in _rounds([(e.flat, v) for _, e, v in norm_entries])]
+        self._plans[only] = plan
+        return plan
+
+    def _lambda_alive(self, t: float) -> torch.Tensor:
+        """lambda_i(t) x alive per slot, recomputed only when the clock or the layout changes."""
+        key = (t, self.stats.alive)
+        if self._lam_key is None or self._lam_key[0] != t or self._lam_key[1] is not self.stats.alive:
+            lam = cosine_lambda(t, self._index, len(self.pressured), self.period, self.lam_max)  # every slot at once
+            self._lam_alive = lam * self.stats.alive
+            self._lam_key = key
+        return self._lam_alive
 
     @torch.no_grad()
     def shrink(self, t: float, only: Optional[Set[int]] = None) -> None:
         """Proximal step on the pressured channels of the tensors whose id is in `only` (or all)."""
         if self.lam_max <= 0 or not self.pressured:
             return
-        stats = self.stats
-        live = [p for p in stats.plan if only is None or id(p.tensor) in only]
-        # norms of the pressured groups this optimizer steps (a channel's norm spans all its tensors)
-        groups = {e.group for p in live for e in p.entries} & self._pressured_set
-        if not groups:
+        plan = self._plan(only if only is None or isinstance(only, frozenset) else frozenset(only))
+        if not plan.tensors:
             return
-        lam = cosine_lambda(float(t), self._index, len(self.pressured), self.period, self.lam_max)  # every slot at once
-        factor = (1.0 - lam * stats.alive / (stats.weight_norm(groups) + self.eps)).clamp_min_(0.0)
-        for plan in live:
-            t_ = plan.tensor
-            for e in plan.entries:
-                if e.group not in groups:
-                    continue
+        if any(t_.dtype != plan.factor.dtype for t_ in plan.tensors):
+            return self._shrink_mixed(float(t), plan)
+        # norms of the pressured groups this optimizer steps (a channel's norm spans all its tensors)
+        squares = torch._foreach_mul(plan.tensors, plan.tensors)
+        sums = []
+        for j, e, _ in plan.norm_entries:
+            v = squares[j].sum(e.reduce) if e.reduce else squares[j]
+            sums.append(v if e.full else v[e.pos])
+        norm = plan.norm
+        norm.zero_()
+        for k, (_, e, view) in enumerate(plan.norm_entries):
+            if view is None:
+                norm.index_add_(0, e.flat, sums[k])
+        for layer, dsts in plan.norm_rounds:
+            torch._foreach_add_(dsts, [sums[k] for k in layer])
+        # factor = max(0, 1 - lambda / (||W_c|| + eps)), written in place so the scale views see it
+        norm.sqrt_().add_(self.eps)
+        torch.div(self._lambda_alive(float(t)), norm, out=plan.factor)
+        plan.factor.neg_().add_(1.0).clamp_min_(0.0)
+        for tensors, scales, fills in plan.scale_rounds:
+            for buf, e in fills:
+                if buf is not None:
+                    buf[e.pos] = plan.factor[e.flat]
+            torch._foreach_mul_(tensors, scales)
+
+    def _shrink_mixed(self, t: float, plan: "_ShrinkPlan") -> None:
+        """The same step for tensors of another dtype than the statistics (e.g. half precision)."""
+        groups = {e.group for _, e, _ in plan.norm_entries}
+        lam = cosine_lambda(t, self._index, len(self.pressured), self.period, self.lam_max)
+        factor = (1.0 - lam * self.stats.alive / (self.stats.weight_norm(groups) + self.eps)).clamp_min_(0.0)
+        for tensors, _, fills in plan.scale_rounds:
+            for t_, (_, e) in zip(tensors, fills):
                 n = t_.shape[e.dim]
-                if isinstance(e.pos, slice) and e.pos == slice(0, n) and isinstance(e.flat, slice):
-                    scale = factor[e.flat]  # every position of the dim, in slot order: a view
-                else:
-                    scale = torch.ones(n, device=t_.device, dtype=factor.dtype)
-                    scale[e.pos] = factor[e.flat]
+                scale = torch.ones(n, device=t_.device, dtype=factor.dtype)
+                scale[e.pos] = factor[e.flat]
                 shape = [1] * t_.dim()
                 shape[e.dim] = -1
                 t_.mul_(scale.to(t_.dtype).view(shape))
+
+
+class _ShrinkPlan:
+    """Buffers and views of one optimizer's shrink, for one layout of the statistics."""
+
+    def __init__(self, layout: list, size: int, device: torch.device):
+        self.layout = layout  # ChannelStats.plan it was built for (rebuilt after every structural change)
+        self.norm = torch.zeros(size, device=device)
+        self.factor = torch.ones(size, device=device)
+        self.tensors: List[torch.Tensor] = []
+        self.norm_entries: list = []  # (index into tensors, entry, destination view of `norm` or None)
+        self.norm_rounds: list = []  # (entry indices, destination views): layers sharing no slot
+        self.scale_rounds: List[tuple] = []  # per k: (tensors, scale views, (buffer to fill or None, entry))
