@@ -40,6 +40,11 @@ EVERY_LOG = ("prune/sparsity", "prune/params", "prune/params_ratio", "prune/flop
              "prune/skipped_steps", "prune/events", "prune/importance/<group>", "prune/lambda/<group>")
 
 
+def _target(sink: Any) -> Any:
+    """What a sink writes to (two sinks over one SummaryWriter or logger are one)."""
+    return getattr(sink, "writer", None) or getattr(sink, "logger", None) or sink
+
+
 def say(message: str) -> None:
     """One console line with the project's prefix."""
     print(f"{PREFIX} {message}", flush=True)
@@ -143,7 +148,7 @@ class PruneDriver:
     def sink(self, sink: Optional[Sink]) -> None:
         if sink is None or isinstance(sink, OncePerStep):
             self._sink = sink
-        elif self._sink is None or self._sink.sink is not sink:
+        elif self._sink is None or _target(self._sink.sink) is not _target(sink):  # a new writer: start afresh
             self._sink = OncePerStep(sink)
 
     # ------------------------------------------------------------------------------ the loop
