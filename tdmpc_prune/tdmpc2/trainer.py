@@ -310,7 +310,7 @@ class Trainer:
                 lengths.append(t)
                 if bar is not None:
                     bar.update((i + 1) * self.cfg.episode_length - bar.n)  # an early termination skips the rest
-                    bar.set_postfix(episode=f"{i + 1}/{n}", ret=f"{float(np.mean(rewards)):.1f}", refresh=False)
+                    bar.set_postfix(episode=f"{i + 1}/{n}", ret=f"{float(np.mean(rewards)):.1f}")
         finally:
             if bar is not None:
                 bar.close()
