@@ -3,7 +3,7 @@
 The SB3 `PruningCallback`, the TD-MPC2 `PruneCallback`, the official-trainer `UpdateHook` and a
 plain loop (see `plugins/cleanrl/`) each own a driver and only tell it *when*:
 
-    driver = PruneDriver(pruner, adapter, sink=WriterSink(writer), log_every=1000)
+    driver = PruneDriver(pruner, adapter, sink=writer, log_every=1000)   # a SummaryWriter or any Sink
     driver.start(step)                 # the start line, the state before training (dense) logged
     for ...:                           # after every training update
         driver.step(env_step)          # clock, pruning events, console line, logs
@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 
-from .tensorboard import ImportanceHeatmap, OncePerStep, Sink, log_pruner, prune_scalars
+from .tensorboard import ImportanceHeatmap, OncePerStep, Sink, WriterSink, log_pruner, prune_scalars
 
 if TYPE_CHECKING:
     from .adapter import Adapter
@@ -112,7 +112,7 @@ class PruneDriver:
     Args:
         pruner: the pruner to drive (built by an `Adapter`).
         adapter: provides the decision latency (`prune/plan_ms`); None: that tag is not written.
-        sink: where the tags go (`WriterSink(SummaryWriter)`, SB3's `LoggerSink`); settable later
+        sink: where the tags go (a SummaryWriter, any `tensorboard.Sink`, SB3's `LoggerSink`); settable later
             (`driver.sink = ...`) when the writer changes (a resumed run, a new `learn()`).
         log_every: clock units between the cheap logs (pruning events log at once, in full).
         heatmap: keep and log the importance heatmap image.
@@ -146,6 +146,8 @@ class PruneDriver:
 
     @sink.setter
     def sink(self, sink: Optional[Sink]) -> None:
+        if hasattr(sink, "add_scalar") and not hasattr(sink, "scalar"):  # a SummaryWriter itself
+            sink = WriterSink(sink)
         if sink is None or isinstance(sink, OncePerStep):
             self._sink = sink
         elif self._sink is None or _target(self._sink.sink) is not _target(sink):  # a new writer: start afresh

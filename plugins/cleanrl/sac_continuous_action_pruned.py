@@ -19,9 +19,7 @@ import torch.nn.functional as F
 import torch.optim as optim
 from torch.utils.tensorboard import SummaryWriter
 
-from tdmpc_prune.adapter import Wiring  # [tdmpc-prune]
-from tdmpc_prune.driver import PruneDriver  # [tdmpc-prune]
-from tdmpc_prune.tensorboard import WriterSink  # [tdmpc-prune]
+from tdmpc_prune import PruneDriver, Wiring  # [tdmpc-prune]
 
 
 @dataclass
@@ -198,7 +196,7 @@ def main(args: Args) -> dict:
                            schedule="iterative", iterations=args.prune_iterations, start=0.2, end=0.6,  # [tdmpc-prune]
                            l1=args.prune_l1)  # [tdmpc-prune]
     adapter.attach(pruner, total_steps=args.total_timesteps, first_step=args.learning_starts)  # [tdmpc-prune]
-    driver = PruneDriver(pruner, adapter, sink=WriterSink(writer), log_every=1000)  # [tdmpc-prune]
+    driver = PruneDriver(pruner, adapter, sink=writer, log_every=1000)  # [tdmpc-prune]
     driver.start(0)  # [tdmpc-prune]
 
     rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device)
