@@ -215,18 +215,20 @@ def train_pruned(trainer: Any, cfg: Any, opts: Dict[str, Any], offline: bool) ->
     hook = UpdateHook(trainer.agent, pruner, clock=clock, writer=writer, log_every=int(launcher["log_every"]),
                       adapter=TDMPC2Adapter(trainer.agent)).install()
     evals: list = []
-    official_eval = trainer.eval
+    official_eval = getattr(trainer, "eval", None)
 
     def eval_and_keep() -> Any:  # the closing summary reports the last evaluation
         metrics = official_eval()
         evals.append(metrics)
         return metrics
 
-    trainer.eval = eval_and_keep
+    if official_eval is not None:
+        trainer.eval = eval_and_keep
     try:
         trainer.train()
-        last = float(evals[-1]["episode_reward"]) if evals else None
-        hook.finish(last, f"eval return (mean of {cfg.eval_episodes} episodes)", logdir=str(work_dir / "tb"))
+        last = float(evals[-1]["episode_reward"]) if evals and "episode_reward" in evals[-1] else None
+        episodes = getattr(cfg, "eval_episodes", None)
+        hook.finish(last, f"eval return (mean of {episodes} episodes)" if episodes else "eval return", logdir=str(work_dir / "tb"))
     finally:
         state = work_dir / "prune_state.pt"
         torch.save(pruner.state_dict(), str(state) + ".tmp")
