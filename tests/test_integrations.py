@@ -82,6 +82,8 @@ def _cleanrl(tmp_path: Path) -> Tuple[str, Pruner]:
                        cuda=False, prune_iterations=2, prune_l1=PRUNE["l1"])
     result = script.main(args)
     assert result["events"] == 2 and result["params"] < 0.6 * result["dense_params"]  # pruning fired, parameters fell
+    cleanrl_tags = {"charts/episodic_return", "charts/SPS", "losses/qf1_loss", "losses/actor_loss", "losses/alpha"}
+    assert cleanrl_tags <= _events(result["run_dir"])["scalars"]  # CleanRL's own tags beside prune/*
     return result["run_dir"], pruners[0]
 
 
