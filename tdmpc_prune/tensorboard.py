@@ -1,12 +1,14 @@
 """The shared `prune/*` TensorBoard view, written through any sink (SummaryWriter, SB3's logger).
 
-Tags (CleanRL-style namespaces):
+Tags (CleanRL-style namespaces; `tdmpc_prune.driver.TAGS` is the list every integration writes):
     prune/sparsity, prune/params, prune/params_ratio, prune/flops, prune/flops_ratio,
     prune/skipped_steps, prune/events                      scalars
-    prune/importance/<group id>                            scalar, coupling groups
-    prune/lambda/<group id>                                scalar, the group's current L1 pressure
+    prune/importance/<group id>                            scalar, mean importance of every group
+    prune/lambda/<group id>                                scalar, the group's current L1 pressure (l1 > 0)
+    prune/plan_ms                                          scalar, one decision of the controller (driver)
     prune/importance_hist/<component>                      histogram of unit importances
     prune/importance_heatmap                               image: groups x logged steps
+    prune/summary                                          text: the closing summary of a run (driver)
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ class Sink(Protocol):
 
     def image(self, tag: str, image_hwc: np.ndarray, step: int) -> None: ...
 
+    def text(self, tag: str, text: str, step: int) -> None: ...
+
 
 class WriterSink:
     """A `Sink` over `torch.utils.tensorboard.SummaryWriter`."""
@@ -44,6 +48,9 @@ class WriterSink:
 
     def image(self, tag: str, image_hwc: np.ndarray, step: int) -> None:
         self.writer.add_image(tag, image_hwc, step, dataformats="HWC")
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        self.writer.add_text(tag, text, step)
 
 
 class OncePerStep:
@@ -75,13 +82,23 @@ class OncePerStep:
         if self._fresh(tag, step):
             self.sink.image(tag, image_hwc, step)
 
+    def text(self, tag: str, text: str, step: int) -> None:
+        if self._fresh(tag, step):
+            self.sink.text(tag, text, step)
 
-def prune_scalars(pruner: Pruner, with_flops: bool = True) -> Dict[str, float]:
-    """Every `prune/*` scalar of the current state."""
-    out = {f"prune/{k}": float(v) for k, v in pruner.metrics(with_flops=with_flops).items()}
-    scores = pruner.scores()
+
+def prune_scalars(
+    pruner: Pruner,
+    with_flops: bool = True,
+    scores: Optional[Mapping[str, torch.Tensor]] = None,
+    metrics: Optional[Mapping[str, float]] = None,
+) -> Dict[str, float]:
+    """Every `prune/*` scalar of the current state (`scores`, `metrics`: already computed ones)."""
+    metrics = pruner.metrics(with_flops=with_flops) if metrics is None else metrics
+    out = {f"prune/{k}": float(v) for k, v in metrics.items()}
+    scores = pruner.scores() if scores is None else scores
     for g in pruner.groups:
-        if g.kind == "coupling":
+        if bool((~torch.isnan(scores[g.id])).any()):
             out[f"prune/importance/{g.id}"] = float(torch.nanmean(scores[g.id]))
     if pruner.lasso is not None and pruner.lasso.lam_max > 0:
         for gid, lam in pruner.lasso.lambdas(pruner.clock).items():
@@ -158,12 +175,19 @@ class ImportanceHeatmap:
         return np.asarray(Image.open(buf).convert("RGB"))
 
 
-def log_pruner(sink: Sink, pruner: Pruner, step: int, heatmap: Optional[ImportanceHeatmap] = None, with_flops: bool = True) -> Dict[str, float]:
-    """Write the whole `prune/*` view at `step`; returns the scalars written."""
-    scalars = prune_scalars(pruner, with_flops=with_flops)
+def log_pruner(
+    sink: Sink,
+    pruner: Pruner,
+    step: int,
+    heatmap: Optional[ImportanceHeatmap] = None,
+    with_flops: bool = True,
+    metrics: Optional[Mapping[str, float]] = None,
+) -> Dict[str, float]:
+    """Write the whole `prune/*` view at `step` (the scores computed once); returns the scalars written."""
+    scores = pruner.scores()
+    scalars = prune_scalars(pruner, with_flops=with_flops, scores=scores, metrics=metrics)
     for tag, value in scalars.items():
         sink.scalar(tag, value, step)
-    scores = pruner.scores()
     for comp, values in importance_by_component(pruner, scores).items():
         sink.histogram(f"prune/importance_hist/{comp}", values, step)
     if heatmap is not None:

@@ -76,3 +76,20 @@ def test_every_import_the_readmes_show_gives_what_they_name() -> None:
     from tdmpc_prune.tdmpc2 import attach
 
     assert callable(attach) and attach.__module__ == "tdmpc_prune.tdmpc2.wiring"
+
+
+def test_the_new_framework_example_prunes_through_the_adapter_and_the_driver(tmp_path, monkeypatch, capsys) -> None:
+    from tdmpc_prune.tensorboard import logged_steps
+
+    section = README[README.index("**A new framework**"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["policy"][0].out_features == 32  # half of the hidden width removed, physically
+    summary = namespace["summary"]
+    assert summary.params < summary.dense_params and summary.sparsity == 0.5 and summary.events >= 5
+    out = capsys.readouterr().out
+    assert "[tdmpc-prune] run finished at step 400" in out and "tensorboard --logdir runs/example" in out
+    tags = logged_steps(str(tmp_path / "runs" / "example"))
+    assert tags["prune/sparsity"][0] == 0 and tags["prune/sparsity"][-1] == 400 and "prune/plan_ms" in tags

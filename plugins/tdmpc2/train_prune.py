@@ -197,7 +197,8 @@ def train_pruned(trainer: Any, cfg: Any, opts: Dict[str, Any], offline: bool) ->
     from torch.utils.tensorboard import SummaryWriter
 
     from tdmpc_prune.tdmpc2 import attach
-    from tdmpc_prune.tdmpc2.update_hook import UpdateHook
+    from tdmpc_prune.tdmpc2.wiring import TDMPC2Adapter
+    from tdmpc_prune.update_hook import UpdateHook
 
     config, launcher = split_options(opts)
     total = int(cfg.steps)
@@ -211,9 +212,23 @@ def train_pruned(trainer: Any, cfg: Any, opts: Dict[str, Any], offline: bool) ->
     writer = SummaryWriter(str(work_dir / "tb"))
     hook: Any = None
     clock = (lambda: hook.updates) if offline else (lambda: trainer._step)
-    hook = UpdateHook(trainer.agent, pruner, clock=clock, writer=writer, log_every=int(launcher["log_every"])).install()
+    hook = UpdateHook(trainer.agent, pruner, clock=clock, writer=writer, log_every=int(launcher["log_every"]),
+                      adapter=TDMPC2Adapter(trainer.agent)).install()
+    evals: list = []
+    official_eval = getattr(trainer, "eval", None)
+
+    def eval_and_keep() -> Any:  # the closing summary reports the last evaluation
+        metrics = official_eval()
+        evals.append(metrics)
+        return metrics
+
+    if official_eval is not None:
+        trainer.eval = eval_and_keep
     try:
         trainer.train()
+        last = float(evals[-1]["episode_reward"]) if evals and "episode_reward" in evals[-1] else None
+        episodes = getattr(cfg, "eval_episodes", None)
+        hook.finish(last, f"eval return (mean of {episodes} episodes)" if episodes else "eval return", logdir=str(work_dir / "tb"))
     finally:
         state = work_dir / "prune_state.pt"
         torch.save(pruner.state_dict(), str(state) + ".tmp")

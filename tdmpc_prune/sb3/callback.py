@@ -7,15 +7,17 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import HParam, Image, KVWriter, Logger
+from stable_baselines3.common.logger import HParam, Image, KVWriter, Logger, TensorBoardOutputFormat
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.utils import safe_mean
 
 from ..config import PruneConfig
+from ..driver import PruneDriver
 from ..errors import PruneConfigError
 from ..pruner import Pruner
 from ..validation import check_number, check_type
-from ..tensorboard import ImportanceHeatmap, log_pruner, prune_hparams
-from .components import optimizers
+from ..tensorboard import prune_hparams
+from .components import optimizers, wiring
 from .saving import bind
 
 CALLBACK_OPTIONS = ("total_timesteps", "log_freq", "heatmap", "verbose")
@@ -37,6 +39,9 @@ class LoggerSink:
 
     def image(self, tag: str, image_hwc: np.ndarray, step: int) -> None:
         self.logger.record(tag, Image(image_hwc, "HWC"), exclude=TENSORBOARD_ONLY)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        self.logger.record(tag, text, exclude=TENSORBOARD_ONLY)
 
 
 def first_update(model: Any) -> int:
@@ -77,6 +82,11 @@ class PruningCallback(BaseCallback):
             `total_timesteps` of the first `learn()`, kept by later calls and by saved models).
         log_freq: write the `prune/*` view every `log_freq` timesteps (and at every pruning event).
         heatmap: also log the importance heatmap image at pruning events and at the end.
+        verbose: 1 (default) prints the start line, a line per pruning event and the closing
+            summary of each `learn()` (`[tdmpc-prune] ...`); 0 prints nothing.
+
+    The core `PruneDriver` does the clock, the console lines, the `prune/*` tags and the summary;
+    this callback says when (SB3 events) and writes through SB3's logger.
     """
 
     def __init__(
@@ -84,7 +94,7 @@ class PruningCallback(BaseCallback):
         total_timesteps: Optional[int] = None,
         log_freq: int = 1000,
         heatmap: bool = True,
-        verbose: int = 0,
+        verbose: int = 1,
         **options: Any,
     ):
         super().__init__(verbose)
@@ -103,15 +113,18 @@ class PruningCallback(BaseCallback):
         self.options = dict(options)
         self.total_timesteps = total_timesteps
         self.log_freq = log_freq
-        self.heatmap = ImportanceHeatmap() if heatmap else None
+        self.heatmap = heatmap
         self.pruner: Optional[Pruner] = None
-        self._last_log: Optional[int] = None
+        self.driver: Optional[PruneDriver] = None
         self._ended_at: Optional[int] = None
         self._dumps: Optional[DumpWatch] = None
 
     # ------------------------------------------------------------------------------ SB3 events
     def _init_callback(self) -> None:
         self.pruner = bind(self.model, self.options)
+        if self.driver is None or self.driver.pruner is not self.pruner:
+            self.driver = PruneDriver(self.pruner, wiring(self.model), log_every=self.log_freq, heatmap=self.heatmap,
+                                      verbose=self.verbose)
 
     def _on_training_start(self) -> None:
         pruner = self.pruner
@@ -132,22 +145,28 @@ class PruningCallback(BaseCallback):
             watches = [DumpWatch()]
             self.logger.output_formats.append(watches[0])
         self._dumps = watches[0]
-        if self._ended_at != now:  # a learn() continuing at the step the last one ended on logged it already
-            self._log(force=True)
+        self.driver.sink = LoggerSink(self.logger)
+        fresh = self._ended_at != now  # a learn() continuing at the step the last one ended on logged it already
+        self.driver.start(now, log=fresh)
+        if fresh:
             self.logger.dump(now)  # the state before this learn() (dense on a fresh run) gets its own point
 
     def _on_step(self) -> bool:
         return True
 
     def _on_rollout_end(self) -> None:
-        report = self.pruner.step(self.model.num_timesteps)
-        if report is not None and self.verbose:
-            print(f"[tdmpc_prune] t={self.model.num_timesteps} sparsity={report['sparsity']:.3f} params={int(report['params'])}")
-        self._log(force=report is not None, image=report is not None)
+        self.driver.step(self.model.num_timesteps)
 
     def _on_training_end(self) -> None:
         step = self.model.num_timesteps
-        self._log(force=True, image=True)
+        episodes = [ep["r"] for ep in self.model.ep_info_buffer or []]
+        tensorboard = any(isinstance(f, TensorBoardOutputFormat) for f in self.logger.output_formats)
+        self.driver.finish(
+            step, eval_return=safe_mean(episodes) if episodes else None,
+            eval_what=f"mean return of the last {len(episodes)} training episodes",
+            logdir=self.logger.get_dir() if tensorboard else None,
+            tensorboard_logdir=self.model.tensorboard_log if tensorboard else None,
+        )
         # SB3 may have dumped this very step already: the final dump writes only the tags it has not
         # written at this step; the others stay pending for the next dump, as SB3 leaves them
         held = {}
@@ -164,20 +183,3 @@ class PruningCallback(BaseCallback):
                 self.logger.name_to_count[key] = count
         self._ended_at = step
         self.pruner.detach()
-
-    # ------------------------------------------------------------------------------ logging
-    def _log(self, force: bool = False, image: bool = False) -> None:
-        step = self.model.num_timesteps
-        if not force and self._last_log is not None and step - self._last_log < self.log_freq:
-            return
-        self._last_log = step
-        sink = LoggerSink(self.logger)
-        log_pruner(sink, self.pruner, step)
-        scores = self.pruner.scores()
-        for g in self.pruner.groups:  # log_pruner writes the coupling groups; add the others
-            if g.kind != "coupling" and bool((~th.isnan(scores[g.id])).any()):
-                sink.scalar(f"prune/importance/{g.id}", float(th.nanmean(scores[g.id])), step)
-        if self.heatmap is not None:
-            self.heatmap.add(self.pruner, step, scores)
-            if image and len(self.heatmap.columns) >= 2:
-                sink.image("prune/importance_heatmap", self.heatmap.render([g.id for g in self.pruner.groups]), step)

@@ -12,7 +12,6 @@ shrink with the trunk's last layer inside that component's group.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -28,21 +27,26 @@ from stable_baselines3.dqn.policies import DQNPolicy
 from stable_baselines3.sac.policies import SACPolicy
 from stable_baselines3.td3.policies import TD3Policy
 
+from ..adapter import Wiring as CoreWiring
 from ..errors import PruneError
+from ..timing import time_calls
 
 NetArch = Union[List[int], Dict[str, List[int]]]
 SUPPORTED = "PPO, A2C, SAC, TD3 (and its subclass DDPG) and DQN"
 
 
-@dataclass
-class Wiring:
-    """Everything the core needs to prune one SB3 policy."""
+class Wiring(CoreWiring):
+    """Everything the core needs to prune one SB3 policy (the core `Wiring` adapter over `model.policy`)."""
 
-    components: Dict[str, List[nn.Module]]
-    forward_fn: Callable[[nn.Module, Any], List[th.Tensor]]
-    example_inputs: Any
-    mirrors: List[Tuple[nn.Module, nn.Module]] = field(default_factory=list)
-    optimizers: List[th.optim.Optimizer] = field(default_factory=list)
+    @th.no_grad()
+    def act_latency_ms(self) -> Optional[float]:
+        """Median ms of one deterministic action of the policy for one observation (`policy._predict`)."""
+        policy = self.model()
+        obs = self.example_inputs()
+        obs = (obs[0] if isinstance(obs, tuple) else obs)[:1]
+        with th.random.fork_rng(devices=[obs.device] if obs.device.type == "cuda" else []), _eval_mode(policy):
+            policy._predict(obs, deterministic=True)  # warm caches up
+            return time_calls(lambda: policy._predict(obs, deterministic=True), obs.device, repeats=3).ms
 
 
 # ------------------------------------------------------------------------------------ checks
@@ -80,7 +84,7 @@ def check_visible(policy: nn.Module, wiring: Wiring, exclude: Sequence[str] = ()
     names = {id(p): n for n, p in policy.named_parameters()}
     excluded = tuple(exclude)
     params: Dict[str, List[th.Tensor]] = {}
-    for comp, modules in wiring.components.items():
+    for comp, modules in wiring.components().items():
         for mod in modules:
             for p in mod.parameters():
                 name = names.get(id(p), "?")
@@ -90,7 +94,7 @@ def check_visible(policy: nn.Module, wiring: Wiring, exclude: Sequence[str] = ()
     if not flat:
         return
     with th.enable_grad():
-        outputs = wiring.forward_fn(policy, wiring.example_inputs)
+        outputs = wiring.forward(policy, wiring.example_inputs())
         total = sum(o.float().sum() for o in outputs)
         grads = th.autograd.grad(total, flat, allow_unused=True)
     unseen = {id(p) for p, g in zip(flat, grads) if g is None}
@@ -210,11 +214,11 @@ def wiring(model: BaseAlgorithm) -> Wiring:
             "policy_net": heads,
             "value_net": [policy.mlp_extractor.value_net, policy.value_net],
         }
-        return Wiring(comps, _actor_critic_forward, obs, optimizers=[policy.optimizer])
+        return Wiring(policy, comps, obs, [policy.optimizer], _actor_critic_forward)
     if isinstance(policy, DQNPolicy):
         comps = {"features_extractor": [policy.q_net.features_extractor], "q_net": [policy.q_net.q_net]}
         mirrors = _mirror_pairs(policy.q_net, policy.q_net_target, set())
-        return Wiring(comps, _dqn_forward, obs, mirrors=mirrors, optimizers=[policy.optimizer])
+        return Wiring(policy, comps, obs, [policy.optimizer], _dqn_forward, mirrors=mirrors)
     # SAC / TD3: actor + critics, the critic optimizer steps first in every update
     actor, critic = policy.actor, policy.critic
     comps = {"features_extractor": [actor.features_extractor]}
@@ -231,12 +235,12 @@ def wiring(model: BaseAlgorithm) -> Wiring:
     mirrors += _mirror_pairs(critic, policy.critic_target, seen)
     forward = _sac_forward if isinstance(policy, SACPolicy) else _td3_forward
     inputs = (obs, _example_actions(model))
-    return Wiring(comps, forward, inputs, mirrors=mirrors, optimizers=[critic.optimizer, actor.optimizer])
+    return Wiring(policy, comps, inputs, [critic.optimizer, actor.optimizer], forward, mirrors=mirrors)
 
 
 def optimizers(model: BaseAlgorithm) -> List[th.optim.Optimizer]:
     """The optimizers that train the policy, the first one stepping first in each update."""
-    return wiring(model).optimizers
+    return wiring(model).optimizers()
 
 
 # ------------------------------------------------------------------------------------ after surgery

@@ -81,10 +81,7 @@ class PruningState:
 def _make_pruner(model: BaseAlgorithm, config: PruneConfig) -> Pruner:
     w = wiring(model)
     check_visible(model.policy, w, config.exclude)
-    pruner = Pruner(model.policy, components=w.components, example_inputs=w.example_inputs, forward_fn=w.forward_fn, config=config)
-    for online, mirror in w.mirrors:
-        pruner.add_mirror(online, mirror)
-    return pruner
+    return w.build(config)
 
 
 def _activate(model: BaseAlgorithm, state: PruningState, pruner: Pruner) -> Pruner:

@@ -2,9 +2,11 @@
 
 The schedule clock is the trainer's environment step (the x-axis of every TensorBoard curve);
 fractional `prune.start`/`prune.end` are fractions of the training span that follows the seed
-steps (random actions, no updates), so `prune.start=0.2` is 20 % into the updates. After every
-agent update the callback advances the clock (pruning when an event is due); it writes the shared `prune/*` view every `log_freq` updates
-(scalars) and at every evaluation and pruning event (histograms, heatmap, planning latency).
+steps (random actions, no updates), so `prune.start=0.2` is 20 % into the updates. The callback
+only says *when*; the core `PruneDriver` steps the clock after every agent update, prints, and
+writes the shared `prune/*` view every `log_freq` updates (scalars) and in full at the start, at
+every evaluation and pruning event (histograms, heatmap, planning latency), and the closing
+summary when the run ends.
 """
 from __future__ import annotations
 
@@ -15,9 +17,9 @@ import torch
 from ..config import PruneConfig
 from ..errors import PruneError
 from ..pruner import Pruner
-from ..tensorboard import ImportanceHeatmap, OncePerStep, WriterSink, log_pruner, prune_hparams
-from ..timing import Timing, time_calls
-from .wiring import attach
+from ..driver import PruneDriver
+from ..tensorboard import WriterSink, prune_hparams
+from .wiring import TDMPC2Adapter, plan_latency_ms, time_act  # noqa: F401  (time_act, plan_latency_ms: their old home)
 
 
 class PruneCallback:
@@ -30,17 +32,20 @@ class PruneCallback:
         self.explicit = explicit  # options given by the user (on resume they must match the checkpoint's)
         self.latency_repeats = latency_repeats
         self.pruner: Optional[Pruner] = None
-        self.heatmap = ImportanceHeatmap()
+        self.driver: Optional[PruneDriver] = None
         self.original_cfg: Optional[Dict[str, Any]] = None
-        self._sink: Optional[OncePerStep] = None
-        self._full_step: Optional[int] = None
+        self._heatmap_state: Dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------ wiring
     def _build(self, trainer) -> Pruner:
         self.original_cfg = self.original_cfg or trainer.cfg.to_dict()
+        adapter = TDMPC2Adapter(trainer.agent, latency_repeats=self.latency_repeats)
+        self.pruner = adapter.build(self.config)
         # fractions of the run count from the end of the seed steps, when updates (and statistics) begin
-        self.pruner = attach(trainer.agent, total_steps=trainer.total_steps, config=self.config,
-                             first_step=trainer.cfg.seed_env_steps)
+        adapter.attach(self.pruner, total_steps=trainer.total_steps, first_step=trainer.cfg.seed_env_steps)
+        log_every = max(1, trainer.cfg.log_freq) * trainer.cfg.action_repeat  # log_freq updates, in env steps
+        self.driver = PruneDriver(self.pruner, adapter, log_every=log_every)
+        self.driver.load_state_dict(self._heatmap_state)
         return self.pruner
 
     def hparams(self) -> Dict[str, Any]:
@@ -58,73 +63,32 @@ class PruneCallback:
             )
         self.config = saved
         self.original_cfg = dict(state["original_cfg"])
+        self._heatmap_state = {"heatmap": state.get("heatmap", {})}
         self._build(trainer)
         self.pruner.load_state_dict(state["pruner"])
-        self.heatmap.columns = [c for c in state.get("heatmap", {}).get("columns", [])]
-        self.heatmap.steps = list(state.get("heatmap", {}).get("steps", []))
 
     def state_dict(self) -> Dict[str, Any]:
-        return {
-            "pruner": self.pruner.state_dict(),
-            "original_cfg": self.original_cfg,
-            "heatmap": {"columns": list(self.heatmap.columns), "steps": list(self.heatmap.steps)},
-        }
+        return {"pruner": self.pruner.state_dict(), "original_cfg": self.original_cfg, **self.driver.state_dict()}
 
     # ------------------------------------------------------------------------------ hooks
     def on_train_start(self, trainer) -> None:
         if self.pruner is None:
             self._build(trainer)
-        print(f"[tdmpc-prune] pruning {len(self.pruner.groups)} groups to sparsity {self.config.sparsity} "
-              f"({self.config.criterion}, {self.config.schedule})")
-        if not trainer.resumed:  # a resumed run logged this step before its checkpoint
-            self._log(trainer, full=True)
+        self.driver.sink = WriterSink(trainer.writer)
+        self.driver.start(trainer.step, log=not trainer.resumed)  # a resumed run logged this step before its checkpoint
 
     def on_update(self, trainer, step: int, info: Mapping[str, torch.Tensor]) -> None:
-        report = self.pruner.step(trainer.step)
-        if report is not None:
-            print(f"[tdmpc-prune] step {trainer.step:,}: sparsity {report['sparsity']:.3f}, "
-                  f"params {int(report['params']):,} ({report['params_ratio']:.2f} of dense)")
-            self._log(trainer, full=True)
-        elif trainer.updates % max(1, trainer.cfg.log_freq) == 0:
-            self._log(trainer, full=False)
+        self.driver.sink = WriterSink(trainer.writer)
+        self.driver.step(trainer.step)
 
     def on_eval(self, trainer, step: int, metrics: Mapping[str, float]) -> None:
-        self._log(trainer, full=True)
+        self.driver.sink = WriterSink(trainer.writer)
+        self.driver.log(trainer.step, full=True)
 
-    # ------------------------------------------------------------------------------ logging
-    def _log(self, trainer, full: bool) -> None:
-        """Write the view at the trainer's step; a tag already written at this step is not written again
-        (an update, an evaluation and the start of the run can all fall on one step)."""
-        step = trainer.step
-        if self._sink is None or self._sink.writer is not trainer.writer:
-            self._sink = OncePerStep(WriterSink(trainer.writer))
-        sink = self._sink
-        if full:
-            if self._full_step == step:
-                return
-            self._full_step = step
-            heatmap = self.heatmap if not (self.heatmap.steps and self.heatmap.steps[-1] == step) else None
-            log_pruner(sink, self.pruner, step, heatmap)
-            sink.scalar("prune/plan_ms", plan_latency_ms(trainer.agent, self.latency_repeats), step)
-        else:
-            for k, v in self.pruner.metrics(with_flops=False).items():
-                sink.scalar(f"prune/{k}", v, step)
-
-
-@torch.no_grad()
-def time_act(agent, obs: torch.Tensor, eval_mode: bool = True, repeats: int = 1) -> Timing:
-    """Times of `repeats` calls of `agent.act` (MPPI planning), CUDA synchronised around each."""
-    return time_calls(lambda: agent.act(obs, t0=False, eval_mode=eval_mode), agent.device, repeats)
-
-
-@torch.no_grad()
-def plan_latency_ms(agent, repeats: int = 5) -> float:
-    """Median `agent.act` time in ms (thread CPU time on one CPU thread, else wall), leaving the
-    global RNG and the planner's warm start untouched."""
-    obs = torch.zeros(agent.cfg.obs_dim, device=agent.device)
-    saved = agent.planner.prev_mean.clone()
-    with torch.random.fork_rng(devices=[agent.device] if agent.device.type == "cuda" else []):
-        time_act(agent, obs)  # the first call warms caches up
-        ms = time_act(agent, obs, repeats=repeats).ms
-    agent.planner.prev_mean.copy_(saved)
-    return ms
+    def on_train_end(self, trainer, metrics: Mapping[str, float]) -> None:
+        self.driver.sink = WriterSink(trainer.writer)
+        self.driver.finish(
+            trainer.step, eval_return=metrics.get("episode_reward"),
+            eval_what=f"eval return (mean of {trainer.cfg.eval_episodes} episodes)",
+            logdir=trainer.directory, tensorboard_logdir=trainer.cfg.logdir,
+        )

@@ -19,6 +19,7 @@ Callbacks are plain objects with any of these optional methods:
     on_update(trainer, step, info)         after every agent update; info: dict of 0-dim tensors
     on_episode_end(trainer, step, info)    info: episode_reward, episode_length, ...
     on_eval(trainer, step, metrics)        metrics: episode_reward, episode_length
+    on_train_end(trainer, metrics)         after the final evaluation, before the final checkpoint
     state_dict() / load_state_dict(d)      saved in the checkpoint under the callback's key
 
 A callback's key is its `name` attribute if it has one, else its class name (suffixed `#i` when
@@ -56,6 +57,8 @@ class Callback(Protocol):
     def on_episode_end(self, trainer: "Trainer", step: int, info: Mapping[str, float]) -> None: ...
 
     def on_eval(self, trainer: "Trainer", step: int, metrics: Mapping[str, float]) -> None: ...
+
+    def on_train_end(self, trainer: "Trainer", metrics: Mapping[str, float]) -> None: ...
 
 
 def run_dir(cfg: TDMPC2Config) -> str:
@@ -123,6 +126,7 @@ class Trainer:
         self._loss_keys: List[str] = []
         self._loss_count = 0
         self.resumed = False
+        self._bar: Any = None
 
     @property
     def writer(self) -> SummaryWriter:
@@ -171,7 +175,9 @@ class Trainer:
             self._emit("on_train_start")  # first: a callback that refuses the run (bad prune options) leaves no event file
             if not self.resumed:
                 self._log_hparams()
+            self._name_a_slow_size()
             bar = _progress(self.cfg.progress, -(-self.total_steps // per_episode) * per_episode, self.step)
+            self._bar = bar
             if self.step >= self.next_eval:  # step 0 of a fresh run
                 self._evaluate_due()
             while self.step < self.total_steps:
@@ -179,8 +185,7 @@ class Trainer:
                 self._run_episode()
                 if bar is not None:
                     bar.update(self.step - before)
-                    bar.set_postfix(sps=f"{self.steps_per_second:.1f}", ret=f"{self.last_episode_reward:.1f}",
-                                    eval=f"{self.last_eval_reward:.1f}", refresh=False)
+                    self._show(refresh=False)
                 if self.step >= self.total_steps:
                     break  # the final evaluation and checkpoint follow
                 if self.step >= self.next_eval:
@@ -190,12 +195,29 @@ class Trainer:
                         self.next_save += self.cfg.save_freq
                     self.save_checkpoint()
             metrics = self._evaluate_due()
+            self._emit("on_train_end", metrics)
             self.save_checkpoint()
             return metrics
         finally:
             if bar is not None:
                 bar.close()
+            self._bar = None
             self.close()
+
+    def _name_a_slow_size(self) -> None:
+        """On a CPU, say up front when the model size is slow: its measured cost and the CPU preset."""
+        size = self.cfg.model_size
+        if self.agent.device.type != "cpu" or size is None or str(size) == "cpu":
+            return
+        from .bench import cost_notice
+
+        print(f"[tdmpc-prune] {cost_notice(self.cfg, self.step)}", flush=True)
+
+    def _show(self, refresh: bool = True, **extra: str) -> None:
+        """The progress bar's numbers: speed, last training return, last evaluation (and `extra`)."""
+        if self._bar is not None:
+            self._bar.set_postfix(sps=f"{self.steps_per_second:.1f}", ret=f"{self.last_episode_reward:.1f}",
+                                  eval=f"{self.last_eval_reward:.1f}", **extra, refresh=refresh)
 
     def _evaluate_due(self) -> Dict[str, float]:
         metrics = self.evaluate_and_log()
@@ -272,15 +294,27 @@ class Trainer:
     def evaluate(self, episodes: Optional[int] = None) -> Dict[str, float]:
         """Mean return and length over `episodes` (default cfg.eval_episodes) of the deterministic policy."""
         rewards, lengths = [], []
-        for _ in range(self.cfg.eval_episodes if episodes is None else episodes):
-            obs, done, total, t = self.eval_env.reset(), False, 0.0, 0
-            while not done:
-                action = self.agent.act(torch.from_numpy(obs), t0=t == 0, eval_mode=True).cpu().numpy()
-                obs, reward, done, _ = self.eval_env.step(action)
-                total += reward
-                t += 1
-            rewards.append(total)
-            lengths.append(t)
+        n = self.cfg.eval_episodes if episodes is None else episodes
+        bar = _progress(self.cfg.progress and n > 0, n * self.cfg.episode_length, 0, desc=f"eval at step {self.step:,}",
+                        unit="agent step", leave=False)
+        try:
+            for i in range(n):
+                obs, done, total, t = self.eval_env.reset(), False, 0.0, 0
+                while not done:
+                    action = self.agent.act(torch.from_numpy(obs), t0=t == 0, eval_mode=True).cpu().numpy()
+                    obs, reward, done, _ = self.eval_env.step(action)
+                    total += reward
+                    t += 1
+                    if bar is not None:
+                        bar.update(1)
+                rewards.append(total)
+                lengths.append(t)
+                if bar is not None:
+                    bar.update((i + 1) * self.cfg.episode_length - bar.n)  # an early termination skips the rest
+                    bar.set_postfix(episode=f"{i + 1}/{n}", ret=f"{float(np.mean(rewards)):.1f}")
+        finally:
+            if bar is not None:
+                bar.close()
         if not rewards:
             return {}
         return {"episode_reward": float(np.mean(rewards)), "episode_length": float(np.mean(lengths))}
@@ -291,6 +325,7 @@ class Trainer:
             for k, v in metrics.items():
                 self.writer.add_scalar(f"eval/{k}", v, self.step)
             self.last_eval_reward = metrics["episode_reward"]
+            self._show()  # the main bar shows this evaluation at once (the final one too)
             self._emit("on_eval", self.step, metrics)
             self.writer.flush()
         return metrics
@@ -380,9 +415,10 @@ class Trainer:
         self.resumed = True
 
 
-def _progress(enabled: bool, total: int, initial: int):
+def _progress(enabled: bool, total: int, initial: int, **options: Any):
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=1.0, smoothing=0.05)
+    options = {"unit": "step", "dynamic_ncols": True, "mininterval": 1.0, "smoothing": 0.05, **options}
+    return tqdm(total=total, initial=initial, **options)

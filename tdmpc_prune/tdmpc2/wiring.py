@@ -1,4 +1,4 @@
-"""`attach()`: one call that wires a `Pruner` to a TD-MPC2 agent or world model.
+"""`attach()`: one call that wires a `Pruner` to a TD-MPC2 agent or world model (`TDMPC2Adapter`).
 
 Works on our agent and on any world model with the official tdmpc2 layout: `_encoder`
 (ModuleDict by observation type), `_dynamics`, `_reward`, `_termination` (episodic), `_pi`, `_Qs`
@@ -17,9 +17,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from ..adapter import Adapter, Mirror
 from ..config import PruneConfig
 from ..errors import PruneError
 from ..pruner import Pruner
+from ..timing import Timing, time_calls
 from ..tracing import ensemble_template, is_ensemble
 from .config import WIDTH_KEYS
 
@@ -103,14 +105,6 @@ def rollout(wm: nn.Module, inputs: Tuple[torch.Tensor, torch.Tensor, Optional[to
     return outs
 
 
-def _register_mirrors(pruner: Pruner, wm: nn.Module) -> None:
-    """Detached and target Q copies: found implicitly for our layout, registered here for the official one."""
-    for attr, shared in (("_detach_Qs", True), ("_target_Qs", False)):
-        mirror = getattr(wm, attr, None)
-        if isinstance(mirror, nn.Module):
-            pruner.add_mirror(wm._Qs, mirror, shared=shared)
-
-
 def hidden_widths(wm: nn.Module) -> Dict[str, List[int]]:
     """Current hidden widths of every component (Linear outputs except the last)."""
     out: Dict[str, List[int]] = {}
@@ -158,6 +152,73 @@ def recompile(agent_or_model: nn.Module) -> None:
             agent_or_model._plan_val = None
 
 
+class TDMPC2Adapter(Adapter):
+    """The adapter contract for a TD-MPC2 agent (ours or the official one) or its world model."""
+
+    def __init__(self, agent_or_model: nn.Module, optimizers: Optional[Sequence[torch.optim.Optimizer]] = None,
+                 latency_repeats: int = 5):
+        self.agent = agent_or_model
+        self.wm = world_model_of(agent_or_model)
+        self._optimizers = list(optimizers) if optimizers is not None else None
+        self.latency_repeats = latency_repeats
+
+    def model(self) -> nn.Module:
+        return self.wm
+
+    def components(self) -> Dict[str, str]:
+        return components(self.wm)
+
+    def forward(self, model: nn.Module, inputs: Any) -> List[torch.Tensor]:
+        return rollout(model, inputs)
+
+    def example_inputs(self) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        return example_inputs(self.wm)
+
+    def optimizers(self) -> List[torch.optim.Optimizer]:
+        """`agent.optim` and `agent.pi_optim` unless given."""
+        if self._optimizers is not None:
+            return list(self._optimizers)
+        return [o for o in (getattr(self.agent, "optim", None), getattr(self.agent, "pi_optim", None)) if o is not None]
+
+    def mirrors(self) -> List[Mirror]:
+        """Detached and target Q copies: found implicitly for our layout, registered here for the official one."""
+        out = []
+        for attr, shared in (("_detach_Qs", True), ("_target_Qs", False)):
+            mirror = getattr(self.wm, attr, None)
+            if isinstance(mirror, nn.Module):
+                out.append(Mirror(self.wm._Qs, mirror, shared))
+        return out
+
+    def after_surgery(self, pruner: Pruner) -> None:
+        sync_config(self.agent, self.wm)
+        recompile(self.agent)
+
+    def act_latency_ms(self) -> Optional[float]:
+        """Median time of one MPPI plan of our agent (`agent.act`); else of the traced rollout."""
+        if not hasattr(self.agent, "act") or not hasattr(self.agent, "planner"):
+            return super().act_latency_ms()
+        return plan_latency_ms(self.agent, self.latency_repeats)
+
+
+@torch.no_grad()
+def time_act(agent: Any, obs: torch.Tensor, eval_mode: bool = True, repeats: int = 1) -> Timing:
+    """Times of `repeats` calls of `agent.act` (MPPI planning), CUDA synchronised around each."""
+    return time_calls(lambda: agent.act(obs, t0=False, eval_mode=eval_mode), agent.device, repeats)
+
+
+@torch.no_grad()
+def plan_latency_ms(agent: Any, repeats: int = 5) -> float:
+    """Median `agent.act` time in ms (thread CPU time on one CPU thread, else wall), leaving the
+    global RNG and the planner's warm start untouched."""
+    obs = torch.zeros(agent.cfg.obs_dim, device=agent.device)
+    saved = agent.planner.prev_mean.clone()
+    with torch.random.fork_rng(devices=[agent.device] if agent.device.type == "cuda" else []):
+        time_act(agent, obs)  # the first call warms caches up
+        ms = time_act(agent, obs, repeats=repeats).ms
+    agent.planner.prev_mean.copy_(saved)
+    return ms
+
+
 def attach(
     agent_or_model: nn.Module,
     optimizers: Optional[Sequence[torch.optim.Optimizer]] = None,
@@ -171,14 +232,11 @@ def attach(
     `optimizers` default to `agent.optim` and `agent.pi_optim`; `total_steps` is the length of the
     run in the units of the clock you pass to `pruner.step()`, `first_step` the step where updates
     begin (after the seed steps): fractional `start`/`end` are fractions of [first_step, total_steps]. Call after moving the model to its
-    device (the official `WorldModel.to()` recreates its Q copies).
+    device (the official `WorldModel.to()` recreates its Q copies). `TDMPC2Adapter` is the same
+    wiring as an `Adapter` (for `PruneDriver`).
     """
-    wm = world_model_of(agent_or_model)
-    pruner = Pruner(wm, components(wm), example_inputs(wm), rollout, config=config, **options)
-    _register_mirrors(pruner, wm)
-    if optimizers is None:
-        optimizers = [o for o in (getattr(agent_or_model, "optim", None), getattr(agent_or_model, "pi_optim", None)) if o is not None]
-    if optimizers:
-        pruner.attach(list(optimizers), total_steps=total_steps, first_step=first_step)
-    pruner.on_structure_change(lambda _: (sync_config(agent_or_model, wm), recompile(agent_or_model)))
+    adapter = TDMPC2Adapter(agent_or_model, optimizers)
+    pruner = adapter.build(config, **options)
+    if adapter.optimizers():
+        adapter.attach(pruner, total_steps=total_steps, first_step=first_step)
     return pruner
