@@ -180,4 +180,4 @@ class PruningCallback(BaseCallback):
         if self.heatmap is not None:
             self.heatmap.add(self.pruner, step, scores)
             if image and len(self.heatmap.columns) >= 2:
-                sink.image("prune/importance_heatmap", self.heatmap.render([g.id for g in self.pruner.groups]), step)
+                sink.image("prune/importance_heatmap", self.heatmap.render(), step)
