@@ -104,7 +104,7 @@ def hydra_arguments(tokens: Sequence[str]) -> Tuple[List[str], bool]:
     from ..config import PruneConfig
 
     rest = [t for t in tokens if t != "--prune"]
-    args, unknown = get_args_parser().parse_known_args(rest)
+    args, unknown = get_args_parser().parse_known_intermixed_args(rest)  # flags anywhere
     if unknown:
         raise ConfigError(
             f"unknown flag {unknown[0]!r}: tdmpc-prune train takes key=value overrides, --prune [prune.key=value ...] "

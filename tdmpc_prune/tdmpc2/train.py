@@ -139,6 +139,18 @@ def train(tokens: Sequence[str], callbacks: Sequence[Any] = ()) -> Optional[Trai
     return launch(tokens, callbacks)
 
 
+def run_directory(tokens: Sequence[str]) -> str:
+    """The directory a single run of `tdmpc-prune train <tokens>` trains in (`logdir/<task>/<name>/seed-<seed>`)."""
+    from ..overrides import parse
+    from .config import parse_overrides
+
+    parsed = parse_overrides(tokens)
+    given = [o.key_or_group for o in parse([t for t in tokens if t != "--prune" and t not in parsed.prune_overrides], ConfigError)]
+    prune = PruneConfig.from_overrides(parsed.prune_overrides) if parsed.prune_flag else None
+    cfg = parsed.cfg if "exp_name" in given else replace(parsed.cfg, exp_name=_derived_name(parsed.cfg, given, prune))
+    return run_dir(cfg)
+
+
 def run(cfg: TDMPC2Config, given: Sequence[str], prune: Optional[PruneConfig] = None, explicit_prune: bool = False,
         callbacks: Sequence[Any] = (), swept: Sequence[str] = ()) -> Trainer:
     """Build (or resume) the run of `cfg` and train it.
@@ -201,8 +213,8 @@ def _derived_name(cfg: TDMPC2Config, given: Sequence[str], prune: Optional[Prune
     named = [k for k in given if k not in UNNAMED_KEYS or (k in swept and k not in PATH_KEYS)]
     options = {k: getattr(cfg, k) for k in named}
     if prune is None:
-        return default_exp_name("default", options, defaults)
-    return default_exp_name("pruned", options, defaults, prune.to_dict(), PruneConfig().to_dict())
+        return default_exp_name("default", options, defaults, first=swept)
+    return default_exp_name("pruned", options, defaults, prune.to_dict(), PruneConfig().to_dict(), first=swept)
 
 
 def _swept_name(cfg: TDMPC2Config, prune: Optional[PruneConfig], swept: Sequence[str]) -> str:
