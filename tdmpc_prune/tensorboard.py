@@ -7,13 +7,18 @@ Tags (CleanRL-style namespaces):
     prune/lambda/<group id>                                scalar, the group's current L1 pressure
     prune/importance_hist/<component>                      histogram of unit importances
     prune/importance_heatmap                               image: groups x logged steps
+    prune/importance_by/<criterion>/<kind>/<group id>      scalar, when the pruner observes other criteria
+                                                           (observe=[...]): each gradient criterion's mean
+                                                           score of every group (kind: component | coupling),
+                                                           for the importance dynamics
+                                                           (scripts/plot_importance_dynamics.py)
 """
 from __future__ import annotations
 
 import importlib.util
 import io
 import warnings
-from typing import Dict, List, Mapping, Optional, Protocol, Union
+from typing import Dict, List, Mapping, Optional, Protocol, Sequence, Union
 
 import numpy as np
 import torch
@@ -86,6 +91,31 @@ def prune_scalars(pruner: Pruner, with_flops: bool = True) -> Dict[str, float]:
     if pruner.lasso is not None and pruner.lasso.lam_max > 0:
         for gid, lam in pruner.lasso.lambdas(pruner.clock).items():
             out[f"prune/lambda/{gid}"] = lam
+    return out
+
+
+DYNAMICS_CRITERIA = ("grad", "fisher", "bayes")
+
+
+def criterion_importance(pruner: Pruner, names: Sequence[str] = DYNAMICS_CRITERIA) -> Dict[str, float]:
+    """`prune/importance_by/<criterion>/<kind>/<group>`: the mean score of every group under each criterion
+    of `names` whose statistics the pruner gathers (its own and those of `observe`)."""
+    from .criteria import get_criterion
+
+    ranking = pruner.criterion
+    out: Dict[str, float] = {}
+    try:
+        for name in names:
+            criterion = get_criterion(name)
+            if not set(criterion.needs) <= set(pruner.stats.needs):
+                continue
+            pruner.criterion = criterion  # scores() ranks by `pruner.criterion`; restored below
+            scores = pruner.scores()
+            for g in pruner.groups:
+                if (~torch.isnan(scores[g.id])).any():
+                    out[f"prune/importance_by/{name}/{g.kind}/{g.id}"] = float(torch.nanmean(scores[g.id]))
+    finally:
+        pruner.criterion = ranking
     return out
 
 
@@ -190,6 +220,8 @@ def group_labels(pruner: Pruner) -> List[str]:
 def log_pruner(sink: Sink, pruner: Pruner, step: int, heatmap: Optional[ImportanceHeatmap] = None, with_flops: bool = True) -> Dict[str, float]:
     """Write the whole `prune/*` view at `step`; returns the scalars written."""
     scalars = prune_scalars(pruner, with_flops=with_flops)
+    if pruner.config.observe:
+        scalars.update(criterion_importance(pruner))
     for tag, value in scalars.items():
         sink.scalar(tag, value, step)
     scores = pruner.scores()

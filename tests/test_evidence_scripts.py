@@ -151,3 +151,20 @@ def test_tdmpc2_sensitivity_with_planning_and_with_the_policy_prior(tmp_path, ca
     sensitivity.main(["--report", str(csv_path), "--out", str(tmp_path)])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(summary) == {"tdmpc2/cartpole-balance/oneshot", "tdmpc2/cartpole-balance/oneshot_prior"}
+
+
+def test_importance_dynamics_figure_from_a_runs_events(tmp_path, capsys) -> None:
+    import plot_importance_dynamics
+
+    from tdmpc_prune.tdmpc2.train import train
+
+    trainer = train(["task=cartpole-balance", "model_size=cpu", *SMALL, "seed_steps=50", "steps=200", "eval_freq=25",
+                     "eval_episodes=1", "progress=false", "threads=1", f"logdir={tmp_path}", "--prune", "prune.observe=[all]"])
+    capsys.readouterr()
+    plot_importance_dynamics.main([trainer.directory, "--out", str(tmp_path / "dynamics.png")])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(summary) == {"grad", "fisher", "bayes"}
+    for criterion in summary.values():  # every group of the world model, the coupling latent among them
+        assert len(criterion["final_ranking"]) == 10 and "_encoder.state.1" in criterion["final_ranking"]
+        assert criterion["crossovers"] >= 0
+    assert (tmp_path / "dynamics.png").stat().st_size > 0

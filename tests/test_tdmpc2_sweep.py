@@ -105,9 +105,9 @@ def test_joblib_launcher_runs_two_tiny_runs_in_parallel(tmp_path):
     and directory, under one TensorBoard logdir."""
     logdir = tmp_path / "runs"
     args = ["train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "task=cartpole-balance", "model_size=cpu",
-            "steps=300", "seed_steps=200", "episode_length=50", "eval_freq=300", "save_freq=300", "eval_episodes=1",
+            "steps=200", "seed_steps=100", "episode_length=50", "eval_freq=200", "save_freq=200", "eval_episodes=1",
             "iterations=2", "num_samples=64", "num_elites=8", "num_pi_trajs=4", "batch_size=32", "progress=false",
-            "threads=1", f"logdir={logdir}", "seed=1,2", "--prune", "prune.schedule=oneshot", "prune.start=250"]
+            "threads=1", f"logdir={logdir}", "seed=1,2", "--prune", "prune.schedule=oneshot", "prune.start=150"]
     proc = subprocess.run([sys.executable, "-m", "tdmpc_prune.cli", *args], env=ENV, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -117,7 +117,7 @@ def test_joblib_launcher_runs_two_tiny_runs_in_parallel(tmp_path):
     spans = []
     for d in dirs:
         ea = events(d)
-        assert ea.Scalars("eval/episode_reward")[-1].step == 300 and ea.Scalars("prune/sparsity")[-1].value == 0.5
+        assert ea.Scalars("eval/episode_reward")[-1].step == 200 and ea.Scalars("prune/sparsity")[-1].value == 0.5
         times = [e.wall_time for tag in ea.Tags()["scalars"] for e in ea.Scalars(tag)]
         spans.append((min(times), max(times)))
     assert max(s for s, _ in spans) < min(e for _, e in spans)  # the two runs overlapped in time
