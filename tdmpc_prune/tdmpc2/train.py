@@ -117,7 +117,10 @@ def usage() -> str:
         return [f"  {prefix}{f.name}={getattr(default, f.name)!r}" for f in fields(cls)]
 
     return "\n".join(
-        ["usage: tdmpc-prune train key=value ... [--prune prune.key=value ...]",
+        ["usage: tdmpc-prune train [-m] key=value ... [--prune prune.key=value ...]",
+         "A hydra application: -m/--multirun sweeps (seed=1,2,3 prune.sparsity=0.5,0.75), each run in its own",
+         "directory; hydra/launcher=joblib (this machine), slurm or ray_cluster launch the runs; --cfg job shows",
+         "the composed config.",
          "Steps are environment steps (agent steps x action_repeat). Keys and defaults:"]
         + table(TDMPC2Config)
         + ["--prune options (fractional start/end/l1_period: fractions of the updates after the seed steps):"]
