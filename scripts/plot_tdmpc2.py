@@ -48,6 +48,24 @@ def read_reference(reference: str, algo: str, task: str) -> Dict[int, List[float
     return dict(sorted(out.items()))
 
 
+NAMES = {"tdmpc2": "official TD-MPC2 5M", "sac": "SAC (official results)"}
+
+
+def draw_reference(ax, reference: str, algo: str, task: str, max_step: int, color: str = "k", marker: str = "s") -> Dict[int, float]:
+    """Mark the official curve of `algo` (tdmpc2 | sac) up to the first logged step past `max_step` on `ax`:
+    mean and min-max over its seeds; returns {step: mean}."""
+    ref = read_reference(reference, algo, task)
+    ref_steps = np.array(list(ref))
+    shown = ref_steps[: max(int(np.searchsorted(ref_steps, max_step)) + 1, 2)]
+    mean = np.array([np.mean(ref[s]) for s in shown])
+    lo = np.array([np.min(ref[s]) for s in shown])
+    hi = np.array([np.max(ref[s]) for s in shown])
+    # the official curves are logged every 100k env steps: markers only, a line would invent the shape between
+    ax.errorbar(shown, mean, yerr=[mean - lo, hi - mean], fmt=marker, color=color, capsize=4,
+                label=f"{NAMES.get(algo, algo)}: mean, min-max of {len(ref[shown[0]])} seeds (logged every {int(ref_steps[1]):,} steps)")
+    return {int(s): float(m) for s, m in zip(shown, mean)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="run directories (or parents of seed-* directories)")
@@ -75,15 +93,7 @@ def main() -> None:
             print(f"\n{d}\n\n| env steps | eval return |\n|---:|---:|")
             for s, r in curve:
                 print(f"| {s:,} | {r:.1f} |")
-    ref = read_reference(args.reference, "tdmpc2", task)
-    ref_steps = np.array(list(ref))
-    shown = ref_steps[: max(int(np.searchsorted(ref_steps, max_step)) + 1, 2)]
-    mean = np.array([np.mean(ref[s]) for s in shown])
-    lo = np.array([np.min(ref[s]) for s in shown])
-    hi = np.array([np.max(ref[s]) for s in shown])
-    # the official curves are logged every 100k env steps: markers only, a line would invent the shape between
-    ax.errorbar(shown, mean, yerr=[mean - lo, hi - mean], fmt="s", color="k", capsize=4,
-                label=f"official TD-MPC2 5M: mean, min-max of {len(ref[shown[0]])} seeds (logged every {int(ref_steps[1]):,} steps)")
+    shown = draw_reference(ax, args.reference, "tdmpc2", task, max_step)
     ax.set_xlabel("environment steps")
     ax.set_ylabel("eval episode return")
     ax.set_title(args.title or task)
@@ -92,7 +102,7 @@ def main() -> None:
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)
-    print(f"\nofficial TD-MPC2 {task}: " + ", ".join(f"{s:,}: {np.mean(ref[s]):.1f}" for s in shown))
+    print(f"\nofficial TD-MPC2 {task}: " + ", ".join(f"{s:,}: {v:.1f}" for s, v in shown.items()))
     print(f"wrote {args.out}")
 
 

@@ -18,10 +18,19 @@ from it: rows already there are skipped, the dense checkpoints are reused from `
     python scripts/sensitivity.py --report docs/sensitivity_ppo.csv        # rliable table + plot
     # one row, from a clean checkout (trains the dense agent if --workdir has none), JSON last line:
     python scripts/sensitivity.py --algo ppo --env HalfCheetah-v5 --seeds 3 --criteria fisher --sparsities 0.9 --protocols finetune
+
+TD-MPC2 (`--algo tdmpc2 --env <dm-control task>`, `scripts/tdmpc2_tasks.py`): the observed dense agent
+is one `tdmpc-prune train` run (CPU preset; `--set key=value` adds overrides); each cell is pruned
+one-shot and evaluated with planning (`oneshot`) and with the policy prior alone (`oneshot_prior`),
+against the dense agent evaluated the same two ways (`dense`, `dense_prior`):
+
+    python scripts/sensitivity.py --algo tdmpc2 --env cartpole-balance --steps 100000 --seeds 1-3 \
+        --criteria bayes,fisher,magnitude,random --sparsities 0.5,0.75 --csv docs/sensitivity_tdmpc2.csv
 """
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import tempfile
 import time
@@ -34,10 +43,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import results  # noqa: E402
 import sb3_tasks  # noqa: E402
+import tdmpc2_tasks  # noqa: E402
 
 CRITERIA = ["grad", "fisher", "bayes", "combined", "taylor", "magnitude", "random"]
 SPARSITIES = [0.5, 0.75, 0.9, 0.95]
-PROTOCOLS = ["dense", "oneshot", "compensated", "finetune"]
+PROTOCOLS = ["dense", "oneshot", "compensated", "finetune"]  # SB3; TD-MPC2: tdmpc2_tasks.PROTOCOLS
 OBSERVER = dict(criterion="bayes", sparsity=0.0, observe=["all"], l1=0.0, heatmap=False, log_freq=10**9)
 
 
@@ -47,6 +57,15 @@ def parse_seeds(text: str) -> List[int]:
         a, _, b = part.partition("-")
         out.extend(range(int(a), int(b) + 1) if b else [int(a)])
     return out
+
+
+def protocols_of(algo: str) -> List[str]:
+    return tdmpc2_tasks.PROTOCOLS if algo == "tdmpc2" else PROTOCOLS
+
+
+def dense_protocol(protocol: str) -> str:
+    """The dense reference of a protocol: `dense_prior` for the policy-prior evaluations, else `dense`."""
+    return "dense_prior" if protocol.endswith("_prior") else "dense"
 
 
 def dense_dir(args: argparse.Namespace, seed: int) -> Path:
@@ -107,6 +126,7 @@ def row_command(args: argparse.Namespace, seed: int, criterion: str, sparsity: f
     return (
         f"python scripts/sensitivity.py --algo {args.algo} --env {args.env} --steps {args.steps} --seeds {seed} "
         f"--protocols {protocol} {cell} --episodes {args.episodes} --finetune {args.finetune:g}{' --zoo' if args.zoo else ''}"
+        + "".join(f" --set {shlex.quote(t)}" for t in args.set)
     ).replace("  ", " ")
 
 
@@ -118,13 +138,19 @@ def grid(args: argparse.Namespace) -> None:
     last: Optional[Dict[str, Any]] = None
     for protocol in args.protocols:
         for seed in args.seeds:
-            cells = [("dense", 0.0)] if protocol == "dense" else [(c, s) for s in args.sparsities for c in args.criteria]
+            dense = protocol.startswith("dense")
+            cells = [("dense", 0.0)] if dense else [(c, s) for s in args.sparsities for c in args.criteria]
             for criterion, sparsity in cells:
                 row = dict(algo=args.algo + ("-zoo" if args.zoo else ""), env=args.env, criterion=criterion, sparsity=sparsity, seed=seed, l1=0.0, protocol=protocol)
                 if results.key(row) in done:
                     continue
-                train_dense(args, seed, say)
-                out = run_cell(args, seed, criterion, sparsity, protocol, say)
+                if args.algo == "tdmpc2":
+                    where = (args.env, args.steps, seed, args.workdir, args.set)
+                    tdmpc2_tasks.train_dense(*where, say)
+                    out = tdmpc2_tasks.run_cell(*where, criterion, sparsity, protocol, args.episodes, say)
+                else:
+                    train_dense(args, seed, say)
+                    out = run_cell(args, seed, criterion, sparsity, protocol, say)
                 last = results.record(csv_path, row, out, commit, row_command(args, seed, criterion, sparsity, protocol))
     results.print_last(last)
 
@@ -136,11 +162,12 @@ def report(paths: List[str], out_dir: Path) -> None:
     lines: List[str] = []
     summary: Dict[str, Any] = {}
     for algo, env, mine in results.by_task(paths):
-        dense = {int(r["seed"]): float(r["eval_return"]) for r in mine if r["protocol"] == "dense"}
-        if not dense:
+        dense_of = {p: {int(r["seed"]): float(r["eval_return"]) for r in mine if r["protocol"] == p} for p in ("dense", "dense_prior")}
+        if not dense_of["dense"]:
             continue
-        lines += [f"### {algo.upper()} {env}: {len(dense)} dense seeds", ""]
-        for protocol in [p for p in PROTOCOLS[1:] if any(r["protocol"] == p for r in mine)]:
+        lines += [f"### {algo.upper()} {env}: {len(dense_of['dense'])} dense seeds", ""]
+        for protocol in [p for p in protocols_of(algo) if not p.startswith("dense") and any(r["protocol"] == p for r in mine)]:
+            dense = dense_of[dense_protocol(protocol)]
             title = (f"**{protocol}**: IQM over seeds of the dense-normalised return (R - R_random) / (R_dense - R_random), "
                      "same seed; 95 % stratified-bootstrap CI")
             sub = [r for r in mine if r["protocol"] == protocol]
@@ -153,13 +180,14 @@ def report(paths: List[str], out_dir: Path) -> None:
 
 def main(argv: Optional[List[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--algo", choices=["ppo", "sac"], default="ppo")
-    ap.add_argument("--env", default="HalfCheetah-v5")
+    ap.add_argument("--algo", choices=["ppo", "sac", "tdmpc2"], default="ppo")
+    ap.add_argument("--env", default="HalfCheetah-v5", help="a Gymnasium MuJoCo env (ppo, sac) or a dm-control task (tdmpc2)")
     ap.add_argument("--steps", type=int, default=None, help="training steps of the dense agent (default: PPO 1M, SAC 100k)")
     ap.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0-9"))
     ap.add_argument("--criteria", type=lambda s: s.split(","), default=CRITERIA)
     ap.add_argument("--sparsities", type=lambda s: [float(x) for x in s.split(",")], default=SPARSITIES)
-    ap.add_argument("--protocols", type=lambda s: s.split(","), default=PROTOCOLS)
+    ap.add_argument("--protocols", type=lambda s: s.split(","), default=None, help="default: every protocol of --algo")
+    ap.add_argument("--set", action="append", default=[], help="tdmpc2: one more `tdmpc-prune train` override of the dense run")
     ap.add_argument("--zoo", action="store_true", help="PPO with rl-zoo3's tuned settings instead of SB3's defaults")
     ap.add_argument("--episodes", type=int, default=10, help="deterministic evaluation episodes per row")
     ap.add_argument("--finetune", type=float, default=0.05, help="fine-tune length as a fraction of --steps")
@@ -173,13 +201,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.report is not None:
         report(args.report, Path(args.out))
         return
+    args.protocols = args.protocols or protocols_of(args.algo)
     for p in args.protocols:
-        if p not in PROTOCOLS:
-            raise SystemExit(f"unknown protocol {p!r}; choose from {', '.join(PROTOCOLS)}")
+        if p not in protocols_of(args.algo):
+            raise SystemExit(f"unknown protocol {p!r} for {args.algo}; choose from {', '.join(protocols_of(args.algo))}")
     for c in args.criteria:
         if c not in CRITERIA:
             raise SystemExit(f"unknown criterion {c!r}; choose from {', '.join(CRITERIA)}")
-    args.steps = args.steps or sb3_tasks.default_steps(args.algo)
+    args.steps = args.steps or (tdmpc2_tasks.DEFAULT_STEPS if args.algo == "tdmpc2" else sb3_tasks.default_steps(args.algo))
     import torch
 
     torch.set_num_threads(args.threads)

@@ -148,27 +148,41 @@ class PruneConfig:
 
     @classmethod
     def from_overrides(cls, tokens: Sequence[str], prefix: str = "prune.") -> "PruneConfig":
-        """Parse hydra-style `prune.key=value` tokens (budgets as `prune.budgets.<component>=0.3`)."""
+        """Parse hydra `prune.key=value` tokens (budgets as `prune.budgets.<component>=0.3`).
+
+        The grammar is hydra's and the types come from `overrides.coerce`, as for the agent's options.
+        """
+        from .overrides import parse, value_of
+
         values: Dict[str, Any] = {}
-        budgets: Dict[str, float] = {}
-        types = {f.name: f.type for f in fields(cls)}
-        for tok in tokens:
-            if "=" not in tok:
-                raise PruneConfigError(f"bad override {tok!r}: write {prefix}<option>=<value>")
-            key, raw = tok.split("=", 1)
+        for override in parse(tokens, PruneConfigError):
+            key = override.key_or_group
+            if override.is_sweep_override():
+                raise PruneConfigError(f"{key}: a sweep needs -m/--multirun (tdmpc-prune train -m ...)")
             if prefix and key.startswith(prefix):
                 key = key[len(prefix):]
             if key.startswith("budgets."):
-                budgets[key[len("budgets."):]] = _parse_number(f"{prefix}{key}", raw)
+                values.setdefault("budgets", {})[key[len("budgets."):]] = value_of(override)
                 continue
-            if key not in types:
+            values[key] = value_of(override)
+        return cls.from_values(values, prefix)
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], prefix: str = "prune.") -> "PruneConfig":
+        """A config from values as hydra parsed them (a command line or a composed config), typed by `coerce`."""
+        import typing
+
+        from .overrides import coerce
+
+        hints = typing.get_type_hints(cls)
+        typed: Dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in hints:
                 raise PruneConfigError(
-                    f"unknown prune option '{prefix}{key}'.{_near(key, sorted(types))} Options: {', '.join(sorted(types))}"
+                    f"unknown prune option '{prefix}{key}'.{_near(key, sorted(hints))} Options: {', '.join(sorted(hints))}"
                 )
-            values[key] = _parse_value(f"{prefix}{key}", raw, str(types[key]))
-        if budgets:
-            values["budgets"] = {**values.get("budgets", {}), **budgets}
-        return cls.from_dict(values)
+            typed[key] = coerce(PruneConfigError, f"{prefix}{key}", value, hints[key])
+        return cls.from_dict(typed)
 
 
 _OWN_CHECKS = ("sparsity", "coupling_sparsity", "start", "end", "l1_period")  # checked with their range below
@@ -203,41 +217,3 @@ def _check_step(name: str, value: Any) -> None:
         )
     if isinstance(value, int) and value < 0:
         raise PruneConfigError(f"{name} must be >= 0, got {value!r}")
-
-
-def _parse_number(name: str, raw: str) -> float:
-    try:
-        return float(raw)
-    except ValueError:
-        raise PruneConfigError(f"{name}={raw!r} is not a number") from None
-
-
-def _parse_value(name: str, raw: str, type_name: str) -> Any:
-    """Parse one override value by the dataclass field's annotated type."""
-    low = raw.strip().lower()
-    if type_name == "bool":
-        if low in ("true", "1", "yes"):
-            return True
-        if low in ("false", "0", "no"):
-            return False
-        raise PruneConfigError(f"{name}={raw!r}: expected true or false")
-    if type_name == "int":
-        try:
-            return int(raw)
-        except ValueError:
-            raise PruneConfigError(f"{name}={raw!r}: expected an integer") from None
-    if type_name in ("float", "Optional[float]"):
-        if type_name.startswith("Optional") and low in ("none", "null"):
-            return None
-        return _parse_number(name, raw)
-    if type_name == "Step":
-        try:
-            return int(raw)
-        except ValueError:
-            return _parse_number(name, raw)
-    if type_name.startswith("Sequence"):
-        body = raw.strip().strip("[]")
-        return tuple(s.strip() for s in body.split(",") if s.strip())
-    if type_name.startswith("Dict"):
-        raise PruneConfigError(f"{name}: give budgets one by one as prune.budgets.<component>=<sparsity>")
-    return raw

@@ -9,13 +9,18 @@ Tags (CleanRL-style namespaces; `tdmpc_prune.driver.TAGS` is the list every inte
     prune/importance_hist/<component>                      histogram of unit importances
     prune/importance_heatmap                               image: groups x logged steps
     prune/summary                                          text: the closing summary of a run (driver)
+    prune/importance_by/<criterion>/<kind>/<group id>      scalar, when the pruner observes other criteria
+                                                           (observe=[...]): each gradient criterion's mean
+                                                           score of every group (kind: component | coupling),
+                                                           for the importance dynamics
+                                                           (scripts/plot_importance_dynamics.py)
 """
 from __future__ import annotations
 
 import importlib.util
 import io
 import warnings
-from typing import Dict, List, Mapping, Optional, Protocol, Union
+from typing import Dict, List, Mapping, Optional, Protocol, Sequence, Union
 
 import numpy as np
 import torch
@@ -106,6 +111,31 @@ def prune_scalars(
     return out
 
 
+DYNAMICS_CRITERIA = ("grad", "fisher", "bayes")
+
+
+def criterion_importance(pruner: Pruner, names: Sequence[str] = DYNAMICS_CRITERIA) -> Dict[str, float]:
+    """`prune/importance_by/<criterion>/<kind>/<group>`: the mean score of every group under each criterion
+    of `names` whose statistics the pruner gathers (its own and those of `observe`)."""
+    from .criteria import get_criterion
+
+    ranking = pruner.criterion
+    out: Dict[str, float] = {}
+    try:
+        for name in names:
+            criterion = get_criterion(name)
+            if not set(criterion.needs) <= set(pruner.stats.needs):
+                continue
+            pruner.criterion = criterion  # scores() ranks by `pruner.criterion`; restored below
+            scores = pruner.scores()
+            for g in pruner.groups:
+                if (~torch.isnan(scores[g.id])).any():
+                    out[f"prune/importance_by/{name}/{g.kind}/{g.id}"] = float(torch.nanmean(scores[g.id]))
+    finally:
+        pruner.criterion = ranking
+    return out
+
+
 def importance_by_component(pruner: Pruner, scores: Optional[Mapping[str, torch.Tensor]] = None) -> Dict[str, np.ndarray]:
     scores = pruner.scores() if scores is None else scores
     parts: Dict[str, List[np.ndarray]] = {}
@@ -126,6 +156,7 @@ class ImportanceHeatmap:
         self.columns: List[np.ndarray] = []
         self.steps: List[int] = []
         self.max_columns = max_columns
+        self.labels: List[str] = []
         self._missing: Optional[List[str]] = None
 
     def can_render(self) -> bool:
@@ -145,27 +176,37 @@ class ImportanceHeatmap:
         col = np.array([float(torch.nanmean(scores[g.id])) if (~torch.isnan(scores[g.id])).any() else np.nan for g in pruner.groups])
         self.columns.append(col)
         self.steps.append(step)
+        self.labels = group_labels(pruner)
         if len(self.columns) > self.max_columns:  # keep every other column when full
             self.columns, self.steps = self.columns[::2], self.steps[::2]
 
-    def render(self, labels: List[str]) -> np.ndarray:
+    # TensorBoard shows an image scaled to its card (about 500 px wide by default): render 600 px wide with
+    # 13 px text, one 26 px row per group, so that the labels stay readable at that size.
+    WIDTH_IN, DPI, ROW_IN, FONT_PT = 6.0, 100, 0.26, 9.5
+
+    def render(self, labels: Optional[List[str]] = None) -> np.ndarray:
+        """The heatmap as an RGB array: one named row per group (`labels`, default the names `add` saw),
+        log10 of its mean importance per logged step."""
+        labels = list(self.labels if labels is None else labels)
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         data = np.stack(self.columns, 1)
-        # rank-normalise each column so groups on different scales stay readable
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore"):
             z = np.log10(np.clip(data, 1e-30, None))
-        fig, ax = plt.subplots(figsize=(8, 0.3 * len(labels) + 1.5), dpi=80)
+        height = self.ROW_IN * len(labels) + 1.1
+        fig, ax = plt.subplots(figsize=(self.WIDTH_IN, height), dpi=self.DPI)
         im = ax.imshow(z, aspect="auto", interpolation="nearest", cmap="viridis")
-        ax.set_yticks(range(len(labels)), labels, fontsize=7)
-        ticks = np.linspace(0, len(self.steps) - 1, min(6, len(self.steps))).astype(int)
-        ax.set_xticks(ticks, [str(self.steps[i]) for i in ticks], fontsize=7)
-        ax.set_xlabel("step")
-        fig.colorbar(im, ax=ax, label="log10 importance")
-        fig.tight_layout()
+        ax.set_yticks(range(len(labels)), labels, fontsize=self.FONT_PT)
+        ticks = np.unique(np.linspace(0, len(self.steps) - 1, min(5, len(self.steps))).astype(int))
+        ax.set_xticks(ticks, [_short_step(self.steps[i]) for i in ticks], fontsize=self.FONT_PT)
+        ax.set_xlabel("env step", fontsize=self.FONT_PT)
+        bar = fig.colorbar(im, ax=ax, pad=0.02)
+        bar.set_label("log10 importance", fontsize=self.FONT_PT)
+        bar.ax.tick_params(labelsize=self.FONT_PT - 1)
+        fig.tight_layout(pad=0.4)
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
         plt.close(fig)
@@ -173,6 +214,24 @@ class ImportanceHeatmap:
         from PIL import Image
 
         return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def _short_step(step: int) -> str:
+    """12000 -> '12k', 1500000 -> '1.5M' (tick labels that fit)."""
+    for div, unit in ((1_000_000, "M"), (1_000, "k")):
+        if abs(step) >= div:
+            return f"{step / div:.3g}{unit}"
+    return str(step)
+
+
+def group_labels(pruner: Pruner) -> List[str]:
+    """One short name per group for the heatmap rows: its module path and what it is (`_pi.0 · policy`,
+    `encoder.state.1 · shared by 5`: a coupling group)."""
+    out = []
+    for g in pruner.groups:
+        what = f"shared by {len(g.components)}" if g.kind == "coupling" else ", ".join(g.components)
+        out.append(f"{g.id.lstrip('_')} · {what}")
+    return out
 
 
 def log_pruner(
@@ -186,6 +245,8 @@ def log_pruner(
     """Write the whole `prune/*` view at `step` (the scores computed once); returns the scalars written."""
     scores = pruner.scores()
     scalars = prune_scalars(pruner, with_flops=with_flops, scores=scores, metrics=metrics)
+    if pruner.config.observe:
+        scalars.update(criterion_importance(pruner))
     for tag, value in scalars.items():
         sink.scalar(tag, value, step)
     for comp, values in importance_by_component(pruner, scores).items():
@@ -193,7 +254,7 @@ def log_pruner(
     if heatmap is not None:
         heatmap.add(pruner, step, scores)
         if len(heatmap.columns) >= 2 and heatmap.can_render():
-            sink.image("prune/importance_heatmap", heatmap.render([g.id for g in pruner.groups]), step)
+            sink.image("prune/importance_heatmap", heatmap.render(), step)
     return scalars
 
 

@@ -93,3 +93,78 @@ def test_during_training_grid_rows_and_rerun(tmp_path, capsys) -> None:
     compare_sb3.main(["--report", str(csv_path), "--out", str(tmp_path)])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(summary["ppo/HalfCheetah-v5"]) == {"bayes l1=0", "bayes l1=1e-05", "random l1=0"}
+
+
+# ------------------------------------------------------------------------------------ TD-MPC2
+# a tiny TD-MPC2 agent on dm-control cartpole-balance (25-step episodes: a run of 100 env steps takes seconds)
+SMALL = ["enc_dim=32", "mlp_dim=32", "latent_dim=16", "episode_length=25", "batch_size=8", "num_samples=16",
+         "num_elites=4", "num_pi_trajs=2", "iterations=1", "log_freq=10"]
+SETS = [a for t in SMALL for a in ("--set", t)]
+
+
+def test_tdmpc2_comparison_rows_resume_rerun_and_report(tmp_path, capsys) -> None:
+    import compare_tdmpc2
+
+    csv_path, logdir = tmp_path / "compare.csv", tmp_path / "runs"
+    args = ["--task", "cartpole-balance", "--steps", "100", "--seed-steps", "50", "--eval-freq", "50", "--episodes", "1",
+            "--seeds", "1", "--criteria", "bayes", "--sparsities", "0.5", "--csv", str(csv_path), "--logdir", str(logdir), *SETS]
+    compare_tdmpc2.main(args)
+    rows = results.read(csv_path)
+    assert [(r["algo"], r["criterion"], float(r["sparsity"]), r["protocol"]) for r in rows] == [
+        ("tdmpc2", "dense", 0.0, "during"), ("tdmpc2", "bayes", 0.5, "during")]
+    assert list(rows[0]) == results.COLUMNS and all(float(r["seconds"]) > 0 for r in rows)
+    assert len(list(logdir.glob("cartpole-balance/*/seed-1/events.out.tfevents.*"))) == 2  # one TensorBoard tree
+    capsys.readouterr()
+    compare_tdmpc2.main(args)  # resumes: every row is there, nothing runs
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["eval_return"] is None
+
+    cmd = shlex.split(rows[1]["command"])
+    assert cmd[:2] == ["python", "scripts/compare_tdmpc2.py"]
+    out = subprocess.run([sys.executable, *cmd[1:], "--logdir", str(tmp_path / "fresh")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1])["eval_return"] == pytest.approx(float(rows[1]["eval_return"]), abs=1e-3)
+
+    capsys.readouterr()
+    compare_tdmpc2.main(["--report", str(csv_path), "--logdir", str(logdir), "--out", str(tmp_path)])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(summary["tdmpc2/cartpole-balance"]) == {"bayes"}
+    text = (tmp_path / "compare_tdmpc2.md").read_text()
+    assert "IQM" in text and "wall-clock / dense twin" in text
+    assert (tmp_path / "compare_tdmpc2_cartpole-balance_curves.png").stat().st_size > 0
+
+
+def test_tdmpc2_sensitivity_with_planning_and_with_the_policy_prior(tmp_path, capsys) -> None:
+    csv_path = tmp_path / "sens.csv"
+    args = ["--algo", "tdmpc2", "--env", "cartpole-balance", "--steps", "100", "--seeds", "1", "--episodes", "1",
+            "--criteria", "bayes,magnitude", "--sparsities", "0.5", "--workdir", str(tmp_path / "work"), "--csv", str(csv_path),
+            *SETS, "--set", "seed_steps=50"]
+    sensitivity.main(args)
+    rows = results.read(csv_path)
+    assert [(r["criterion"], r["protocol"]) for r in rows] == [
+        ("dense", "dense"), ("dense", "dense_prior"), ("bayes", "oneshot"), ("magnitude", "oneshot"),
+        ("bayes", "oneshot_prior"), ("magnitude", "oneshot_prior")]
+    assert len(list((tmp_path / "work").glob("cartpole-balance/observed/seed-1/checkpoint.pt"))) == 1  # one dense run serves all
+    cmd = shlex.split(rows[4]["command"])
+    assert cmd[:4] == ["python", "scripts/sensitivity.py", "--algo", "tdmpc2"] and "--set" in cmd
+    capsys.readouterr()
+    sensitivity.main(["--report", str(csv_path), "--out", str(tmp_path)])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(summary) == {"tdmpc2/cartpole-balance/oneshot", "tdmpc2/cartpole-balance/oneshot_prior"}
+
+
+def test_importance_dynamics_figure_from_a_runs_events(tmp_path, capsys) -> None:
+    import plot_importance_dynamics
+
+    from tdmpc_prune.tdmpc2.train import train
+
+    trainer = train(["task=cartpole-balance", "model_size=cpu", *SMALL, "seed_steps=50", "steps=200", "eval_freq=25",
+                     "eval_episodes=1", "progress=false", "threads=1", f"logdir={tmp_path}", "--prune", "prune.observe=[all]"])
+    capsys.readouterr()
+    plot_importance_dynamics.main([trainer.directory, "--out", str(tmp_path / "dynamics.png")])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(summary) == {"grad", "fisher", "bayes"}
+    for criterion in summary.values():  # every group of the world model, the coupling latent among them
+        assert len(criterion["final_ranking"]) == 10 and "_encoder.state.1" in criterion["final_ranking"]
+        assert criterion["crossovers"] >= 0
+    assert (tmp_path / "dynamics.png").stat().st_size > 0

@@ -19,7 +19,8 @@ from tdmpc_prune.cli import main
 from tdmpc_prune.tensorboard import logged_steps, repeated_steps
 from tdmpc_prune.tdmpc2.rundir import LOCK, RunLock
 from tdmpc_prune.tdmpc2.config import parse_overrides
-from tdmpc_prune.tdmpc2.train import _derived_name, _given_keys, _prune_callbacks, train
+from tdmpc_prune.config import PruneConfig
+from tdmpc_prune.tdmpc2.train import _derived_name, train
 from test_tdmpc2_train import tokens
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
@@ -106,7 +107,9 @@ def test_a_second_live_run_is_refused_and_kill_9_releases_the_directory(tmp_path
 def test_runs_that_differ_in_options_do_not_share_a_default_directory():
     def name(*args: str) -> str:
         parsed = parse_overrides(list(args))
-        return _derived_name(parsed.cfg, _given_keys(args), _prune_callbacks(parsed))
+        given = [a.split("=", 1)[0] for a in args if "=" in a and not a.startswith("prune.")]
+        prune = PruneConfig.from_overrides(parsed.prune_overrides) if parsed.prune_flag else None
+        return _derived_name(parsed.cfg, given, prune)
 
     assert name() == "default" and name("--prune") == "pruned" and name("steps=5000", "seed=3", "logdir=x") == "default"
     assert name("lr=0.001", "horizon=5") == "default-horizon=5,lr=0.001"

@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
 
 from ..errors import ConfigError
+from ..overrides import coerce, parse, value_of
 from ..validation import check_number, check_order, check_type
 
 # Presets of the paper (official `MODEL_SIZE`) plus a small CPU preset.  Keys: str(model_size).
@@ -281,99 +282,33 @@ def _near(key: str, options) -> str:
     return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-
-
-def _parse_scalar(key: str, raw: str, typ: Any) -> Any:
-    low = raw.strip().lower()
-    if typ is bool:
-        if low in _TRUE:
-            return True
-        if low in _FALSE:
-            return False
-        raise ConfigError(f"{key}={raw!r}: expected a boolean (true/false)")
-    if typ is int:
-        try:
-            return int(raw.replace("_", ""))
-        except ValueError:
-            try:  # accept 1e5 / 20000.0 when it is integral
-                f = float(raw)
-            except ValueError:
-                f = None
-            if f is not None and f.is_integer():
-                return int(f)
-            raise ConfigError(f"{key}={raw!r}: expected an integer") from None
-    if typ is float:
-        try:
-            return float(raw)
-        except ValueError:
-            raise ConfigError(f"{key}={raw!r}: expected a number") from None
-    if typ is str:
-        return raw
-    raise TypeError(f"no parser for type {typ!r}")
-
-
-def _type_name(t: Any) -> str:
-    names = {int: "an integer", float: "a number", bool: "a boolean", str: "a string"}
-    return names.get(t, "a list such as [256,256]" if typing.get_origin(t) in (list, List) else str(t))
-
-
-def _parse_value(key: str, raw: str, hint: Any) -> Any:
-    """Parse `raw` for a field annotated `hint` (int, float, bool, str, lists, Optional and Union of them)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Union:
-        if type(None) in args and raw.strip().lower() in ("none", "null", "~"):
-            return None
-        options = [a for a in args if a is not type(None)]
-        none = " (or none)" if type(None) in args else ""
-        if len(options) == 1:
-            try:
-                return _parse_value(key, raw, options[0])
-            except ConfigError as e:
-                raise ConfigError(f"{e}{none}") from None
-        for opt in options:
-            try:
-                return _parse_value(key, raw, opt)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{key}={raw!r}: expected {' or '.join(_type_name(o) for o in options)}{none}")
-    if origin in (list, List):
-        body = raw.strip()
-        if not (body.startswith("[") and body.endswith("]")):
-            raise ConfigError(f"{key}={raw!r}: expected a list such as {key}=[256,256]")
-        items = [s.strip() for s in body[1:-1].split(",") if s.strip()]
-        return [_parse_scalar(f"{key} item", s, args[0]) for s in items]
-    return _parse_scalar(key, raw, hint)
-
-
 def parse_overrides(tokens: Sequence[str], base: Optional[Dict[str, Any]] = None) -> ParsedArgs:
-    """Parse hydra-style `key=value` tokens into a `TDMPC2Config`.
+    """Parse hydra `key=value` tokens into a `TDMPC2Config` (hydra's grammar, `overrides.coerce` types).
 
     `model_size` is applied first (wherever it appears); explicitly given keys override the preset.
     `prune.<option>=<value>` tokens are returned untouched, and so is a bare `--prune` flag.
     `base` holds starting values (e.g. a checkpoint's config) that the tokens override.
     Raises `ConfigError` naming close matches for an unknown key and the expected type for a bad value.
     """
-    hints = typing.get_type_hints(TDMPC2Config)
-    names = [f.name for f in fields(TDMPC2Config)]
+    flag = "--prune" in tokens
+    prune = [t for t in tokens if t != "--prune" and t.split("=", 1)[0].strip().lstrip("+~").startswith("prune.")]
+    agent = [t for t in tokens if t != "--prune" and t not in prune]
     values: Dict[str, Any] = {}
-    prune: List[str] = []
-    flag = False
-    for tok in tokens:
-        if tok == "--prune":
-            flag = True
-            continue
-        if "=" not in tok:
-            raise ConfigError(f"bad argument {tok!r}: overrides are written key=value (e.g. task=pendulum-swingup)")
-        key, raw = tok.split("=", 1)
-        key = key.strip().lstrip("+")
-        if key.startswith("prune."):
-            prune.append(tok)
-            continue
-        if key not in hints:
-            raise ConfigError(f"unknown override key {key!r}.{_near(key, names)} Valid keys: {', '.join(names)}")
-        values[key] = _parse_value(key, raw, hints[key])
+    for override in parse(agent, ConfigError):
+        key = override.key_or_group
+        if override.is_sweep_override():
+            raise ConfigError(f"{key}: a sweep ({override.input_line!r}) needs -m/--multirun: tdmpc-prune train -m ...")
+        values[key] = agent_value(key, value_of(override))
     return ParsedArgs(make_config(base, **values), prune, flag)
+
+
+def agent_value(key: str, value: Any) -> Any:
+    """`value` (as hydra parsed it) converted to the type of the option `key`; an unknown key is a `ConfigError`."""
+    hints = typing.get_type_hints(TDMPC2Config)
+    if key not in hints:
+        names = [f.name for f in fields(TDMPC2Config)]
+        raise ConfigError(f"unknown override key {key!r}.{_near(key, names)} Valid keys: {', '.join(names)}")
+    return coerce(ConfigError, key, value, hints[key])
 
 
 def make_config(base: Optional[Dict[str, Any]] = None, **values: Any) -> TDMPC2Config:

@@ -18,7 +18,7 @@ from ..config import PruneConfig
 from ..errors import PruneError
 from ..pruner import Pruner
 from ..driver import PruneDriver
-from ..tensorboard import WriterSink, prune_hparams
+from ..tensorboard import OncePerStep, WriterSink, prune_hparams
 from .wiring import TDMPC2Adapter, plan_latency_ms, time_act  # noqa: F401  (time_act, plan_latency_ms: their old home)
 
 
@@ -92,3 +92,43 @@ class PruneCallback:
             eval_what=f"eval return (mean of {trainer.cfg.eval_episodes} episodes)",
             logdir=trainer.directory, tensorboard_logdir=trainer.cfg.logdir,
         )
+
+
+class CostCallback:
+    """The cost tags of a dense run: `prune/params`, `prune/flops` (ratios 1, sparsity 0) and `prune/plan_ms`,
+    written when the run starts and at every evaluation, as a pruning run writes them, so that TensorBoard
+    shows cost next to return for every run.  It never touches the agent's training (no hooks, RNG forked)."""
+
+    name = "cost"
+    TAGS = ("sparsity", "params", "params_ratio", "flops", "flops_ratio")
+
+    def __init__(self, latency_repeats: int = 5):
+        self.latency_repeats = latency_repeats
+        self._sink: Optional[OncePerStep] = None
+        self._metrics: Optional[Dict[str, float]] = None
+
+    def on_train_start(self, trainer) -> None:
+        if not trainer.resumed:  # a resumed run logged its start before the checkpoint
+            self._log(trainer)
+
+    def on_eval(self, trainer, step: int, metrics: Mapping[str, float]) -> None:
+        self._log(trainer)
+
+    def dense_metrics(self, trainer) -> Dict[str, float]:
+        """Parameters and FLOPs of the world model, counted by an (unattached) `Pruner` as for a pruned run."""
+        if self._metrics is None:
+            from .wiring import components, example_inputs, rollout, world_model_of
+
+            wm = world_model_of(trainer.agent)
+            with torch.random.fork_rng(devices=[trainer.agent.device] if trainer.agent.device.type == "cuda" else []):
+                counter = Pruner(wm, components(wm), example_inputs(wm), rollout, config=PruneConfig(sparsity=0.0))
+                metrics = counter.metrics()
+            self._metrics = {k: metrics[k] for k in self.TAGS if k in metrics}
+        return self._metrics
+
+    def _log(self, trainer) -> None:
+        if self._sink is None or self._sink.writer is not trainer.writer:
+            self._sink = OncePerStep(WriterSink(trainer.writer))
+        for k, v in self.dense_metrics(trainer).items():
+            self._sink.scalar(f"prune/{k}", v, trainer.step)
+        self._sink.scalar("prune/plan_ms", plan_latency_ms(trainer.agent, self.latency_repeats), trainer.step)

@@ -199,14 +199,19 @@ def _parts(values: Dict[str, Any], defaults: Dict[str, Any], prefix: str = "", c
 
 
 def default_exp_name(base: str, options: Dict[str, Any], defaults: Dict[str, Any],
-                     prune: Optional[Dict[str, Any]] = None, prune_defaults: Optional[Dict[str, Any]] = None) -> str:
+                     prune: Optional[Dict[str, Any]] = None, prune_defaults: Optional[Dict[str, Any]] = None,
+                     first: Sequence[str] = ()) -> str:
     """`base` plus every option that differs from its default, e.g. `pruned-criterion=fisher,sparsity=0.75`.
 
     Prune options come first (a key that is also an agent option is written `prune.<key>`), then the
     agent's; keys sorted, values as parsed (so `0.50` and `.5` give one name), filesystem-safe, and
-    names longer than MAX_NAME characters end in a hash of the whole.
+    names longer than MAX_NAME characters end in a hash of the whole.  The agent options in `first` (the
+    keys a sweep varies) lead, so that a long name still shows them before its hash.
     """
-    parts = _parts(prune or {}, prune_defaults or {}, "prune.", clash=list(defaults)) + _parts(options, defaults)
+    lead = {k: v for k, v in options.items() if k in first}
+    rest = {k: v for k, v in options.items() if k not in first}
+    parts = (_parts(lead, defaults) + _parts(prune or {}, prune_defaults or {}, "prune.", clash=list(defaults))
+             + _parts(rest, defaults))
     if not parts:
         return base
     name = _UNSAFE.sub("_", f"{base}-{','.join(parts)}")

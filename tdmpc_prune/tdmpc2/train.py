@@ -11,8 +11,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..errors import ResumeError, RunError
-from .config import ConfigError, TDMPC2Config, parse_overrides
+from ..config import PruneConfig
+from ..errors import ResumeError
+from .config import ConfigError, TDMPC2Config
 from .rundir import RunLock, claim, default_exp_name, missing_dirs, remove_if_unused
 from .trainer import CHECKPOINT, Trainer, run_dir, seed_everything
 
@@ -20,7 +21,8 @@ from .trainer import CHECKPOINT, Trainer, run_dir, seed_everything
 RESUMABLE_KEYS = ("steps", "eval_freq", "eval_episodes", "save_freq", "log_freq", "progress", "device", "compile",
                   "threads", "resume", "logdir")
 # Keys that never enter a derived run name: run control, and what the run directory path already holds.
-UNNAMED_KEYS = RESUMABLE_KEYS + ("task", "seed", "exp_name")
+PATH_KEYS = ("task", "seed", "exp_name", "logdir")  # <logdir>/<task>/<exp_name>/seed-<seed>
+UNNAMED_KEYS = RESUMABLE_KEYS + PATH_KEYS
 CHECKPOINT_KEYS = ("version", "cfg", "agent", "buffer", "counters")
 
 
@@ -111,7 +113,10 @@ def usage() -> str:
         return [f"  {prefix}{f.name}={getattr(default, f.name)!r}" for f in fields(cls)]
 
     return "\n".join(
-        ["usage: tdmpc-prune train key=value ... [--prune prune.key=value ...]",
+        ["usage: tdmpc-prune train [-m] key=value ... [--prune prune.key=value ...]",
+         "A hydra application: -m/--multirun sweeps (seed=1,2,3 prune.sparsity=0.5,0.75), each run in its own",
+         "directory; hydra/launcher=joblib (this machine), slurm or ray_cluster launch the runs; --cfg job shows",
+         "the composed config.",
          "Steps are environment steps (agent steps x action_repeat). Keys and defaults:"]
         + table(TDMPC2Config)
         + ["--prune options (fractional start/end/l1_period: fractions of the updates after the seed steps):"]
@@ -120,21 +125,43 @@ def usage() -> str:
 
 
 def train(tokens: Sequence[str], callbacks: Sequence[Any] = ()) -> Optional[Trainer]:
-    """Parse `tokens`, build (or resume) the run and train it; returns the finished trainer.
+    """`tdmpc-prune train <tokens>`: a hydra application (see `hydra_app`); returns the finished trainer.
 
-    `--prune` adds a `PruneCallback` configured by the `prune.*` tokens (see `prune_callback.py`).
-    `-h`/`--help` prints every key with its default and returns None.
+    `--prune` adds a `PruneCallback` configured by the `prune.*` tokens (see `prune_callback.py`);
+    `-m`/`--multirun` sweeps (then None is returned); `-h`/`--help` prints every key with its default.
     """
     if any(t in ("-h", "--help") for t in tokens):
         print(usage())
         return None
+    from .hydra_app import launch
+
+    return launch(tokens, callbacks)
+
+
+def run_directory(tokens: Sequence[str]) -> str:
+    """The directory a single run of `tdmpc-prune train <tokens>` trains in (`logdir/<task>/<name>/seed-<seed>`)."""
+    from ..overrides import parse
+    from .config import parse_overrides
+
     parsed = parse_overrides(tokens)
-    cfg = parsed.cfg
-    prune_callbacks = _prune_callbacks(parsed)
-    callbacks = list(callbacks) + prune_callbacks
-    given = _given_keys(tokens)
+    given = [o.key_or_group for o in parse([t for t in tokens if t != "--prune" and t not in parsed.prune_overrides], ConfigError)]
+    prune = PruneConfig.from_overrides(parsed.prune_overrides) if parsed.prune_flag else None
+    cfg = parsed.cfg if "exp_name" in given else replace(parsed.cfg, exp_name=_derived_name(parsed.cfg, given, prune))
+    return run_dir(cfg)
+
+
+def run(cfg: TDMPC2Config, given: Sequence[str], prune: Optional[PruneConfig] = None, explicit_prune: bool = False,
+        callbacks: Sequence[Any] = (), swept: Sequence[str] = ()) -> Trainer:
+    """Build (or resume) the run of `cfg` and train it.
+
+    `given`: the agent keys the command set (they name the run and may differ on resume); `prune`: prune
+    while training; `swept`: keys a sweep varies (they always enter the run name).
+    """
+    callbacks = list(callbacks) + _prune_callbacks(prune, explicit_prune)
     if "exp_name" not in given:  # runs with different options never share a directory
-        cfg = replace(cfg, exp_name=_derived_name(cfg, given, prune_callbacks))
+        cfg = replace(cfg, exp_name=_derived_name(cfg, given, prune, swept))
+    elif any(k not in PATH_KEYS for k in swept):  # a named sweep: the name plus the values this run takes
+        cfg = replace(cfg, exp_name=_swept_name(cfg, prune, swept))
     directory = run_dir(cfg)
     if cfg.resume and not os.path.exists(os.path.join(directory, CHECKPOINT)):
         load_checkpoint(os.path.join(directory, CHECKPOINT))  # the clear "no checkpoint" error, nothing created
@@ -145,9 +172,9 @@ def train(tokens: Sequence[str], callbacks: Sequence[Any] = ()) -> Optional[Trai
         if cfg.resume:
             cfg, state = resume_config(cfg, given, directory)
             pruning = "prune" in state.get("callbacks", {})
-            if pruning and not parsed.prune_flag:
+            if pruning and prune is None:
                 raise ResumeError("this run was pruning during training: resume it with --prune (its prune options come from the checkpoint)")
-            if parsed.prune_flag and not pruning:
+            if prune is not None and not pruning:
                 raise ResumeError(
                     f"the run in {directory} was trained dense (its checkpoint at step {state['counters']['step']:,} has no "
                     "pruner): --prune cannot join it midway, its past pruning events would all fire at once on one update "
@@ -173,33 +200,36 @@ def train(tokens: Sequence[str], callbacks: Sequence[Any] = ()) -> Optional[Trai
     return trainer
 
 
-def _derived_name(cfg: TDMPC2Config, given: Sequence[str], prune_callbacks: Sequence[Any]) -> str:
-    """`default` / `pruned`, plus the options that differ from their defaults (see `rundir.default_exp_name`)."""
+def _derived_name(cfg: TDMPC2Config, given: Sequence[str], prune: Optional[PruneConfig], swept: Sequence[str] = ()) -> str:
+    """`default` / `pruned`, plus the options that differ from their defaults (see `rundir.default_exp_name`).
+
+    A key a sweep varies enters the name even when it is a run-control key (`steps`), so that the runs of a
+    sweep never share a directory; the task and the seed are in the path already.
+    """
     from ..config import PruneConfig
 
     defaults = TDMPC2Config().to_dict()
-    options = {k: getattr(cfg, k) for k in given if k not in UNNAMED_KEYS}
-    if not prune_callbacks:
-        return default_exp_name("default", options, defaults)
-    prune = prune_callbacks[0].config.to_dict()
-    return default_exp_name("pruned", options, defaults, prune, PruneConfig().to_dict())
+    named = [k for k in given if k not in UNNAMED_KEYS or (k in swept and k not in PATH_KEYS)]
+    options = {k: getattr(cfg, k) for k in named}
+    if prune is None:
+        return default_exp_name("default", options, defaults, first=swept)
+    return default_exp_name("pruned", options, defaults, prune.to_dict(), PruneConfig().to_dict(), first=swept)
 
 
-def _prune_callbacks(parsed) -> List[Any]:
-    """`--prune [prune.key=value ...]` -> the PruneCallback; prune options without the flag are an error."""
-    if not parsed.prune_flag:
-        if parsed.prune_overrides:
-            raise ConfigError(f"{parsed.prune_overrides[0]!r} is a pruning option: add --prune to prune during training")
-        return []
-    from ..config import PruneConfig
-    from .prune_callback import PruneCallback
-
-    return [PruneCallback(PruneConfig.from_overrides(parsed.prune_overrides), explicit=bool(parsed.prune_overrides))]
+def _swept_name(cfg: TDMPC2Config, prune: Optional[PruneConfig], swept: Sequence[str]) -> str:
+    """`exp_name` of a sweep's run: the given name plus every swept key's value (`sweep-steps=2000`)."""
+    keys = [k for k in swept if k not in PATH_KEYS]
+    options = {k: getattr(cfg, k) for k in keys if not k.startswith("prune.")}
+    prune_options = prune.to_dict() if prune is not None else {}
+    pruned = {k[len("prune."):]: prune_options.get(k[len("prune."):]) for k in keys if k.startswith("prune.")}
+    return default_exp_name(cfg.exp_name, options, {}, pruned, {})
 
 
-def _given_keys(tokens: Sequence[str]) -> List[str]:
-    keys = []
-    for tok in tokens:
-        if "=" in tok and not tok.startswith("prune."):
-            keys.append(tok.split("=", 1)[0].strip().lstrip("+"))
-    return keys
+def _prune_callbacks(prune: Optional[PruneConfig], explicit: bool) -> List[Any]:
+    """The PruneCallback of `--prune`; a dense run gets the CostCallback (the same cost tags, no pruning)."""
+    from .prune_callback import CostCallback, PruneCallback
+
+    if prune is None:
+        return [CostCallback()]
+
+    return [PruneCallback(prune, explicit=explicit)]

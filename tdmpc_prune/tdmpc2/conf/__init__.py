@@ -1,0 +1,1 @@
+"""hydra configs of `tdmpc-prune train` (a package so that hydra finds them installed: pkg://)."""
