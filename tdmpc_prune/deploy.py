@@ -131,8 +131,14 @@ def _register_symbolics() -> None:
     from torch.onnx import register_custom_op_symbolic
     from torch.onnx import symbolic_helper
 
+    dtypes = {"Float": torch.float32, "Double": torch.float64, "Half": torch.float16, "BFloat16": torch.bfloat16}
+
     def const(g, value: float, like):
-        return g.op("CastLike", g.op("Constant", value_t=torch.tensor(value)), like)
+        """A scalar constant of `like`'s dtype (typed at export: a CastLike node would run at every call)."""
+        dtype = dtypes.get(like.type().scalarType()) if like.type().kind() == "TensorType" else None
+        if dtype is None:
+            return g.op("CastLike", g.op("Constant", value_t=torch.tensor(value)), like)
+        return g.op("Constant", value_t=torch.tensor(value, dtype=dtype))
 
     def expm1(g, x):  # symexp in the two-hot decoding
         return g.op("Sub", g.op("Exp", x), const(g, 1.0, x))
@@ -173,6 +179,40 @@ def session(path: str, threads: int = 1) -> "onnxruntime.InferenceSession":
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def profile(path: str, inputs: Arrays, runs: int = 3, threads: int = 1) -> Dict[str, Dict[str, Union[str, float]]]:
+    """Per-node kernel time of the graph at `path` on ONNX Runtime (`SessionOptions.enable_profiling`).
+
+    Runs it once to warm up (not counted), then `runs` times; returns {node name: {"op": op type,
+    "us": median microseconds over the runs}} for the nodes of the optimised graph (the profiler
+    clocks wall time: the median keeps a node that another process preempted once from counting).
+    """
+    import json
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.enable_profiling, opts.profile_file_prefix = True, os.path.join(tmp, "profile")
+        sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+        feed = {i.name: _numpy(inputs[i.name]) for i in sess.get_inputs()}
+        for _ in range(runs + 1):
+            sess.run(None, feed)
+        with open(sess.end_profiling()) as f:
+            events = json.load(f)
+    starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e["name"] == "model_run")
+    timed = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= starts[1]]
+    ops: Dict[str, str] = {}
+    durations: Dict[str, List[float]] = {}
+    for e in timed:
+        name = e["name"][: -len("_kernel_time")]
+        ops[name] = e["args"]["op_name"]
+        durations.setdefault(name, []).append(float(e["dur"]))
+    return {name: {"op": ops[name], "us": float(np.median(d))} for name, d in durations.items()}
 
 
 def _numpy(x: Union[np.ndarray, torch.Tensor]) -> np.ndarray:

@@ -6,16 +6,19 @@ import os
 
 import gymnasium as gym
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 from stable_baselines3 import PPO
 
+from tdmpc_prune import deploy
 from tdmpc_prune.cli import main
 from tdmpc_prune.errors import ExportError
 from tdmpc_prune.sb3 import export, get_pruner, wrap
 from tdmpc_prune.tdmpc2 import TDMPC2, make_config
-from tdmpc_prune.tdmpc2.deploy import GRAPHS, MANIFEST, export_agent, load_run, stacked_mlp
+from tdmpc_prune.tdmpc2.bench import plan_work
+from tdmpc_prune.tdmpc2.deploy import GRAPHS, MANIFEST, ExportWorldModel, PlannerGraph, export_agent, load_run, stacked_mlp
 from tdmpc_prune.tdmpc2.planner import PlanNoise
 from tdmpc_prune.tdmpc2.runtime import OrtController
 from tdmpc_prune.tdmpc2.train import train
@@ -95,9 +98,26 @@ def test_untrained_agent_exports_despite_tied_values(tmp_path):
     """Zero-initialised reward/Q heads make every sample's value equal: elites are then taken in index order."""
     cfg = make_config(model_size="cpu", obs_dim=4, action_dim=2, enc_dim=32, mlp_dim=32, latent_dim=16, num_samples=32,
                       num_elites=8, num_pi_trajs=4, iterations=2)
-    manifest = export_agent(TDMPC2(cfg), str(tmp_path), only=["planner", "q"], num_samples=24)
+    agent = TDMPC2(cfg)
+    manifest = export_agent(agent, str(tmp_path), only=["planner", "q"], num_samples=24)
     assert manifest["num_samples"] == 24 and manifest["graphs"]["planner"]["max_abs_diff"] <= 1e-5
     assert "critic_draws" not in manifest["graphs"]["q"]["inputs"]  # two critics: the whole ensemble, no draws read
+    path = str(tmp_path / "planner.onnx")
+    assert not [n for n in onnx.load(path).graph.node if n.op_type == "CastLike"]  # constants typed at export
+
+    # the profiler sees every kernel of the plan: the matrix products of all heads, LayerNorms, ...
+    ctrl = OrtController(str(tmp_path), seed=0)
+    nodes = deploy.profile(path, {"obs": np.zeros((1, 4), np.float32), "prev_mean": ctrl.prev_mean, **ctrl.noise()}, runs=2)
+    ops = {v["op"] for v in nodes.values()}
+    assert {"Gemm", "LayerNormalization", "TopK"} <= ops and all(v["us"] >= 0 for v in nodes.values())
+
+    # the exported planner computes what the agent's planner computes (same FLOP counter on both)
+    planner = PlannerGraph(ExportWorldModel(agent.model), agent.planner, agent.discount)
+    noise = agent.planner.draw_noise(len(agent.model._Qs), "cpu")
+    obs = torch.randn(4)
+    exported = plan_work(agent, obs, lambda: planner(obs[None], torch.zeros(cfg.horizon, 2), *noise))
+    own = plan_work(agent, obs)
+    assert exported["matmul_flops"] == own["matmul_flops"] > 0 and own["other_elements"] > 0
 
 
 def test_bad_input_gives_one_clear_error(pruned_run, tmp_path, capsys):
@@ -115,6 +135,10 @@ def test_bad_input_gives_one_clear_error(pruned_run, tmp_path, capsys):
     dict_env = SpaceEnv(gym.spaces.Dict({"x": gym.spaces.Box(-1, 1, (3,))}), gym.spaces.Discrete(2))
     with pytest.raises(ExportError, match="observation space Dict.*FlattenObservation"):
         export(PPO("MultiInputPolicy", dict_env, n_steps=8, batch_size=8, device="cpu"), tmp_path / "dict.onnx")
+    multi = SpaceEnv(gym.spaces.Box(-1, 1, (3,)), gym.spaces.MultiDiscrete([2, 3]))
+    with pytest.raises(ExportError, match="cannot export.*MultiDiscrete"):
+        export(PPO("MlpPolicy", multi, n_steps=8, batch_size=8, device="cpu"), tmp_path / "multi.onnx")
+    assert not (tmp_path / "multi.onnx").exists()
     with pytest.raises(ExportError, match="is a directory"):
         export(make("dqn"), tmp_path)
 

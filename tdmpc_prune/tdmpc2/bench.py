@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 from contextlib import contextmanager
-from typing import Dict, Iterator, Sequence
+from typing import Callable, Dict, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -75,12 +75,35 @@ def pruned_copies(cfg: TDMPC2Config, sparsities: Sequence[float], seed: int = 0)
 @torch.no_grad()
 def plan_flops(agent: TDMPC2, obs: torch.Tensor) -> int:
     """FLOPs of one `agent.act` (MPPI plan), from `torch.utils.flop_counter` (matrix products)."""
+    return plan_work(agent, obs)["matmul_flops"]
+
+
+@torch.no_grad()
+def plan_work(agent: TDMPC2, obs: torch.Tensor, plan: Optional[Callable[[], object]] = None) -> Dict[str, int]:
+    """What one MPPI plan computes: `matmul_flops` (`torch.utils.flop_counter`: the matrix products,
+    Q-ensemble and prior rollouts included) and `other_elements` (output elements of every other op
+    that is not a view: LayerNorm, Mish, SimNorm, the bin softmaxes, sampling, elite weighting, copies).
+
+    `plan` is the call to count (default: `agent.act`), e.g. the exported planner module.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
-    with counter:
-        agent.act(obs, t0=False, eval_mode=False)
-    return int(counter.get_total_flops())
+    flop_ops = set(FlopCounterMode(display=False).flop_registry)
+
+    class ElementCounter(TorchDispatchMode):
+        elements = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket not in flop_ops and not func.is_view:
+                self.elements += sum(t.numel() for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor))
+            return out
+
+    flops, elements = FlopCounterMode(display=False), ElementCounter()
+    with flops, elements:
+        (plan or (lambda: agent.act(obs, t0=False, eval_mode=False)))()
+    return {"matmul_flops": int(flops.get_total_flops()), "other_elements": int(elements.elements)}
 
 
 def bench(size: str, obs_dim: int, action_dim: int, repeats: int, warmup: int, device: str, **overrides) -> Dict[str, float]:
