@@ -17,9 +17,10 @@ a sweep share a directory; all of them sit under one `logdir`, one TensorBoard t
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..overrides import coerce, parse, value_of
 from .config import ConfigError, TDMPC2Config, agent_value
@@ -49,7 +50,8 @@ register_configs()  # at import: also in the worker processes of joblib, submiti
 class Job:
     """The hydra task function: one run of `tdmpc-prune train` from a composed config (picklable)."""
 
-    def __init__(self, callbacks: Sequence[Any] = ()):
+    def __init__(self, train_run: Callable[..., "Trainer"], callbacks: Sequence[Any] = ()):
+        self.train_run = train_run  # `train.run` (module-level, so the job pickles by reference)
         self.callbacks = list(callbacks)
         self.trainers: List["Trainer"] = []  # the runs this process trained (run mode, basic launcher)
         self.error: Optional[BaseException] = None  # a single run's refusal, re-raised by `launch`
@@ -72,7 +74,6 @@ class Job:
         from omegaconf import OmegaConf
 
         from ..config import PruneConfig
-        from .train import run
 
         hydra = HydraConfig.get()
         overrides = parse(list(hydra.overrides.task), ConfigError)
@@ -88,7 +89,7 @@ class Job:
         cfg = make_config(**cfg_values)
         prune = None if prune_values is None else PruneConfig.from_values(prune_values)
         explicit_prune = any(o.key_or_group.startswith("prune.") for o in overrides)
-        trainer = run(cfg, given, prune, explicit_prune, self.callbacks, swept)
+        trainer = self.train_run(cfg, given, prune, explicit_prune, self.callbacks, swept)
         self.trainers.append(trainer)
         return trainer.directory
 
@@ -149,15 +150,48 @@ def hydra_arguments(tokens: Sequence[str]) -> Tuple[List[str], bool]:
     return flags + out, bool(args.multirun)
 
 
+def _logging_state() -> Dict[str, Tuple[List[logging.Handler], int, bool, bool]]:
+    loggers = {"": logging.getLogger()}
+    loggers.update((n, lg) for n, lg in logging.Logger.manager.loggerDict.items() if isinstance(lg, logging.Logger))
+    return {n: (list(lg.handlers), lg.level, lg.propagate, lg.disabled) for n, lg in loggers.items()}
+
+
+def _restore_logging(saved: Dict[str, Tuple[List[logging.Handler], int, bool, bool]]) -> None:
+    for name, lg in [("", logging.getLogger())] + list(logging.Logger.manager.loggerDict.items()):
+        if not isinstance(lg, logging.Logger):
+            continue
+        handlers, level, propagate, disabled = saved.get(name, ([], logging.NOTSET, True, False))
+        for h in lg.handlers:
+            if h not in handlers:
+                with contextlib.suppress(Exception):
+                    h.close()
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate, lg.disabled = propagate, disabled
+
+
 @contextlib.contextmanager
 def _hydra_process_state(argv: List[str]) -> Iterator[None]:
-    """hydra.main reads sys.argv; HYDRA_FULL_ERROR makes it raise (we turn its errors into one line)."""
+    """hydra.main reads sys.argv; HYDRA_FULL_ERROR makes it raise (we turn its errors into one line).
+
+    hydra also configures the process's logging for its job (handlers bound to the sys.stdout/stderr of
+    the moment); the caller's logging is restored afterwards, so an in-process run leaves it as it was.
+    """
     saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    saved_logging = _logging_state()
+    console = logging.StreamHandler(sys.stdout)  # hydra's own messages (launching, sweep directory)
+    console.setFormatter(logging.Formatter("[%(asctime)s][HYDRA] %(message)s"))
+    for name in ("hydra", "hydra_plugins"):
+        lg = logging.getLogger(name)
+        lg.addHandler(console)
+        lg.setLevel(logging.INFO)
+        lg.propagate = False
     sys.argv = argv
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         yield
     finally:
+        _restore_logging(saved_logging)
         sys.argv = saved_argv
         if saved_env is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
@@ -165,8 +199,9 @@ def _hydra_process_state(argv: List[str]) -> Iterator[None]:
             os.environ["HYDRA_FULL_ERROR"] = saved_env
 
 
-def launch(tokens: Sequence[str], callbacks: Sequence[Any] = ()) -> Optional["Trainer"]:
-    """Run `tdmpc-prune train <tokens>` through hydra; the trainer of a single run, None after a sweep."""
+def launch(tokens: Sequence[str], train_run: Callable[..., "Trainer"], callbacks: Sequence[Any] = ()) -> Optional["Trainer"]:
+    """Run `tdmpc-prune train <tokens>` through hydra, each run by `train_run` (`train.run`); the trainer
+    of a single run, None after a sweep."""
     import hydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -174,7 +209,7 @@ def launch(tokens: Sequence[str], callbacks: Sequence[Any] = ()) -> Optional["Tr
     argv, multirun = hydra_arguments(tokens)
     if multirun and callbacks:
         raise ConfigError("callbacks are objects of this process: pass them to single runs, not to a -m sweep")
-    job = Job(callbacks)
+    job = Job(train_run, callbacks)
     app = hydra.main(version_base=None, config_path="conf", config_name=CONFIG_NAME)(job)
     with _hydra_process_state(["tdmpc-prune train", *argv]):
         try:

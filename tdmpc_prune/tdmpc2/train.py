@@ -135,7 +135,7 @@ def train(tokens: Sequence[str], callbacks: Sequence[Any] = ()) -> Optional[Trai
         return None
     from .hydra_app import launch
 
-    return launch(tokens, callbacks)
+    return launch(tokens, run, callbacks)
 
 
 def run_directory(tokens: Sequence[str]) -> str:
