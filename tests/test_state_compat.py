@@ -14,22 +14,15 @@ import sys
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from tdmpc_prune import Pruner  # noqa: E402
-from toy_models import COMPONENTS, LatentWorldModel, example_inputs, rollout  # noqa: E402
+from toy_models import rollout  # noqa: E402
+from test_state import _make as make_pruned_world_model  # noqa: E402  (one builder for the state tests)
 
 DATA = pathlib.Path(__file__).parent / "data" / "pruner_state_v1.pt"
 OPTIONS = dict(criterion="bayes", sparsity=0.5, schedule="iterative", start=3, end=9, iterations=3, l1=1e-4, l1_period=4)
 
 
 def _make(seed: int):
-    torch.manual_seed(seed)
-    model = LatentWorldModel()
-    inputs = example_inputs(model)
-    pruner = Pruner(model, components=COMPONENTS, example_inputs=inputs, forward_fn=rollout, **OPTIONS)
-    pruner.add_mirror(model._Qs, model._target_Qs)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    pruner.attach(opt, total_steps=12)
-    return model, pruner, opt, inputs
+    return make_pruned_world_model(seed, **OPTIONS)
 
 
 def _run(model, pruner, opt, inputs, steps: int) -> None:
