@@ -7,7 +7,6 @@ a pruning event costs at most one re-compilation of the update, and both agents 
 """
 from __future__ import annotations
 
-import os
 import types
 
 import pytest
@@ -47,8 +46,6 @@ def _frames() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-@pytest.mark.skipif(os.environ.get("TDMPC_PRUNE_COMPILE_TEST") != "1",
-                    reason="inductor compiles the official update for ~5 CPU-min: run by hand with TDMPC_PRUNE_COMPILE_TEST=1")
 def test_compiled_official_update_matches_eager(official, monkeypatch) -> None:
     # inductor's own RNG differs from eager's: with this flag its random ops (the official Q subset
     # `randperm(num_q)[:2]`) draw from the eager generator, seeded alike before each agent's update
