@@ -59,4 +59,5 @@ def test_the_plugin_tests_pass_with_the_official_pins(venv) -> None:
     sys.stdout.write(tail + "\n")
     assert proc.returncode == 0, tail
     summary = proc.stdout.strip().splitlines()[-1]
-    assert re.search(r"\d+ passed", summary) and "skipped" not in summary and "failed" not in summary, summary
+    # an xfail (a known, recorded limitation) is allowed; a failure or a skip is not
+    assert re.search(r"\d+ passed", summary) and not re.search(r"\d+ (skipped|failed)\b", summary), summary
