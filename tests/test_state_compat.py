@@ -14,8 +14,7 @@ import sys
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from toy_models import rollout  # noqa: E402
-from test_state import _make as make_pruned_world_model  # noqa: E402  (one builder for the state tests)
+from test_state import _make as make_pruned_world_model, _run  # noqa: E402  (one builder and loop for the state tests)
 
 DATA = pathlib.Path(__file__).parent / "data" / "pruner_state_v1.pt"
 OPTIONS = dict(criterion="bayes", sparsity=0.5, schedule="iterative", start=3, end=9, iterations=3, l1=1e-4, l1_period=4)
@@ -23,15 +22,6 @@ OPTIONS = dict(criterion="bayes", sparsity=0.5, schedule="iterative", start=3, e
 
 def _make(seed: int):
     return make_pruned_world_model(seed, **OPTIONS)
-
-
-def _run(model, pruner, opt, inputs, steps: int) -> None:
-    for _ in range(steps):
-        loss = sum((o**2).mean() for o in rollout(model, inputs))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        pruner.step()
 
 
 def _write() -> None:
