@@ -45,6 +45,16 @@ def _device_of(model: nn.Module) -> torch.device:
     return next((t.device for t in model.parameters()), torch.device("cpu"))
 
 
+def _outside_compile(hook: Callable) -> Callable:
+    """`hook` run eagerly even where torch.compile traces the optimizer step that calls it.
+
+    The step hooks keep Python state that changes every step (the clock, cached layouts, a pending
+    flag); traced, each change would fail a guard and re-compile the caller. Disabled, torch.compile
+    breaks the graph at the hook once and runs it as plain PyTorch at every step, never re-compiling.
+    """
+    return torch.compiler.disable(hook, recursive=True)
+
+
 class Pruner:
     """Component-aware structured pruner of one model (see the package README for the method).
 
@@ -147,8 +157,8 @@ class Pruner:
         self.optimizers = self.surgeon.optimizers = opts
         for i, opt in enumerate(opts):
             ids = frozenset(id(p) for pg in opt.param_groups for p in pg["params"])
-            self._handles.append(opt.register_step_pre_hook(self._pre_hook(i, ids)))
-            self._handles.append(opt.register_step_post_hook(self._post_hook(ids)))
+            self._handles.append(opt.register_step_pre_hook(_outside_compile(self._pre_hook(i, ids))))
+            self._handles.append(opt.register_step_post_hook(_outside_compile(self._post_hook(ids))))
         return self
 
     def _check_events_after_first_step(self) -> None:
