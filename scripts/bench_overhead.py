@@ -23,7 +23,7 @@ The last line of output is JSON:
 Targets: r <= 1.02 and SB3 whole-run ratios <= 1.02; statistics memory <= 1 % of parameter memory.
 
     python scripts/bench_overhead.py [--model-size 5] [--pairs 40] [--device cpu]
-                                     [--repeats 6] [--ppo-steps 4096] [--sac-steps 1000] [--no-sb3] [--no-tdmpc2]
+                                     [--repeats 4] [--ppo-steps 8192] [--sac-steps 2000] [--no-sb3] [--no-tdmpc2]
 """
 from __future__ import annotations
 
@@ -119,6 +119,8 @@ def bench_sb3(args: argparse.Namespace) -> Dict[str, Any]:
 
     out: Dict[str, Any] = {}
     for name, (algo, env_id, steps_arg) in SB3_CASES.items():
+        if name not in args.sb3_cases.split(","):
+            continue
         steps = getattr(args, steps_arg)
         _sb3_run(algo, env_id, min(steps, 512), True, seed=0)  # warm-up: imports, first-call costs
         runs: Dict[bool, List[Tuple[float, float]]] = {True: [], False: []}
@@ -219,9 +221,10 @@ def main() -> None:
     ap.add_argument("--criterion", default="bayes")
     ap.add_argument("--no-tdmpc2", action="store_true", help="skip the TD-MPC2 update benchmark")
     ap.add_argument("--no-sb3", action="store_true", help="skip the SB3 whole-run benchmarks")
-    ap.add_argument("--repeats", type=int, default=6, help="plain/pruned pairs of whole runs per SB3 case (order alternating)")
-    ap.add_argument("--ppo-steps", type=int, default=4096, help="PPO CartPole-v1 timesteps (2 rollouts of 2048, 640 updates)")
-    ap.add_argument("--sac-steps", type=int, default=1000, help="SAC Pendulum-v1 timesteps (updates from step 100)")
+    ap.add_argument("--sb3-cases", default=",".join(SB3_CASES), help=f"comma-separated, of: {', '.join(SB3_CASES)}")
+    ap.add_argument("--repeats", type=int, default=4, help="plain/pruned pairs of whole runs per SB3 case (order alternating)")
+    ap.add_argument("--ppo-steps", type=int, default=8192, help="PPO CartPole-v1 timesteps (4 rollouts of 2048, 1280 updates)")
+    ap.add_argument("--sac-steps", type=int, default=2000, help="SAC Pendulum-v1 timesteps (updates from step 100)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     result: Dict[str, Any] = {} if args.no_tdmpc2 else bench_tdmpc2(args)
