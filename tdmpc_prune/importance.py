@@ -170,41 +170,14 @@ def register_statistic(name: str, fn: Callable[[torch.Tensor, torch.Tensor], tor
 
 
 _BUFFERS = ("energy_sum", "obs_weight", "first_energy", "n_obs", "skipped")
-RING_SLOTS = 4096  # layouts of at most this many (statistic, slot) values fold RING_STEPS steps at once
-RING_STEPS = 8
-
-
-def _folded(name: str) -> property:
-    """A buffer read through `commit()`: pending steps are folded in before anyone sees it."""
-
-    def get(self: "ChannelStats") -> torch.Tensor:
-        self.commit()
-        return self._b[name]
-
-    def put(self: "ChannelStats", value: torch.Tensor) -> None:
-        self._b[name] = value
-
-    return property(get, put)
-
-
-def _after(x: torch.Tensor) -> torch.Tensor:
-    """out[t] = prod(x[t+1:]) (1 for the last), for a 1-D `x`."""
-    shifted = torch.cat([x[1:], torch.ones(1, dtype=x.dtype, device=x.device)])
-    return shifted.flip(0).cumprod(0).flip(0)
 
 
 class ChannelStats:
     """Flat per-channel statistics for all groups (group `g` owns slots `offsets[g]:offsets[g]+channels`).
 
     The gathered statistics (`needs`, set from the criteria) are packed as rows of one (k, slots)
-    pending buffer and one (k, slots) EMA, so a step costs a few tensor ops whatever k is.  On small
-    layouts (at most `RING_SLOTS` values), where each op's fixed cost is the whole cost, the pending
-    buffer is a ring of `RING_STEPS` steps folded into the EMAs and the posterior in one vectorised
-    pass (the same recurrences, closed form); every read (`ema`, `posterior()`, the buffers,
-    `state_dict()`) folds what is pending first, so nobody sees the lag.
+    pending buffer and one (k, slots) EMA, so a step costs a few tensor ops whatever k is.
     """
-
-    energy_sum, obs_weight, first_energy, n_obs, skipped = (_folded(b) for b in _BUFFERS)
 
     def __init__(
         self, groups: Sequence[Group], gamma: float, prior_strength: float, device: torch.device, posterior_decay: float = 1.0
@@ -220,10 +193,12 @@ class ChannelStats:
             n += g.channels
         self.size = n
         self.device = torch.device(device)
-        self._b: Dict[str, torch.Tensor] = {
-            b: torch.zeros(n if b in ("energy_sum", "first_energy") else (), device=self.device) for b in _BUFFERS
-        }
-        self._pending, self._filled = False, 0  # the current ring row holds a step; complete rows before it
+        z = lambda: torch.zeros(n, device=self.device)  # noqa: E731
+        self.energy_sum, self.first_energy = z(), z()
+        self.obs_weight = torch.zeros((), device=self.device)
+        self.n_obs = torch.zeros((), device=self.device)
+        self.skipped = torch.zeros((), device=self.device)
+        self._pending = False
         self.needs = {"abs", "sq"}  # statistics gathered each step (set from the criterion)
         self.count = torch.ones(n, device=self.device)
         self.alive = torch.ones(n, dtype=torch.bool, device=self.device)
@@ -244,8 +219,6 @@ class ChannelStats:
         unknown = set(names) - set(STATISTICS)
         if unknown:
             raise UnknownStatisticError(f"unknown statistics {sorted(unknown)}; registered: {', '.join(STATISTICS)} (see register_statistic)")
-        if hasattr(self, "_ring"):
-            self.commit()
         old = dict(zip(getattr(self, "_names", []), getattr(self, "_ema", torch.zeros(0, self.size)).unbind(0)))
         self._names = sorted(names, key=lambda x: (list(STATISTICS).index(x), x))
         self._row = {name: i for i, name in enumerate(self._names)}
@@ -253,19 +226,14 @@ class ChannelStats:
         self._uses_weight = any(st.uses_weight for st in self._stats)
         zero = torch.zeros(self.size, device=self.device)
         self._ema = torch.stack([old.get(name, zero) for name in self._names]) if self._names else torch.zeros(0, self.size, device=self.device)
-        steps = RING_STEPS if len(self._names) * self.size <= RING_SLOTS else 1
-        self._ring = torch.zeros(steps, *self._ema.shape, device=self.device)
-        self._rows = list(self._ring.unbind(0))  # fixed views: the collection plans write into them
-        self._p, self._filled, self._pending = self._rows[0], 0, False
+        self._p = torch.zeros_like(self._ema)
 
     @property
     def ema(self) -> Dict[str, torch.Tensor]:
         """EMA of every gathered statistic per slot."""
-        self.commit()
         return {name: self._ema[i] for name, i in self._row.items()}
 
     def _ema_of(self, name: str) -> torch.Tensor:
-        self.commit()
         i = self._row.get(name)
         return self._ema[i] if i is not None else torch.zeros(self.size, device=self.device)
 
@@ -284,7 +252,6 @@ class ChannelStats:
     # ------------------------------------------------------------------------------ layout
     def rebuild(self, surgeon: "Surgeon", alive: Mapping[str, torch.Tensor]) -> None:
         """Recompute which current tensor positions feed which slot (after any structural change)."""
-        self.commit()  # pending steps are in units of the old layout's counts
         plans: Dict[int, _TensorPlan] = {}
         count = torch.zeros(self.size)
         alive_flat = torch.zeros(self.size, dtype=torch.bool)
@@ -313,7 +280,7 @@ class ChannelStats:
     # ------------------------------------------------------------------------------ collection
     def _collection_plan(self, only: Optional[frozenset]) -> "_Collection":
         """What `accumulate(only)` does, worked out once per layout, statistic set and optimizer."""
-        key = (only, len(self._names), self._filled)
+        key = (only, len(self._names))
         cached = self._collections.get(key)
         if cached is not None and cached.plan is self.plan and cached.pending is self._p:
             return cached
@@ -388,39 +355,19 @@ class ChannelStats:
             else:
                 self._p.index_add_(1, e.flat, v)
 
-    def end_step(self) -> None:
-        """The step being gathered is complete (the first optimizer steps again): fold it, or keep it
-        in the ring until the ring is full."""
-        if self._pending:
-            self._filled += 1
-            self._pending = False
-            if self._filled == len(self._rows):
-                self.commit()
-            self._p = self._rows[self._filled % len(self._rows)]
-
     @torch.no_grad()
     def commit(self) -> None:
-        """Fold every pending step into the EMAs and the Gamma posterior (a non-finite step is skipped).
+        """Fold the pending step into the EMAs and the Gamma posterior (skipped if non-finite).
 
-        A handful of in-place ops whatever the number of statistics or steps, and no host sync: a
+        A handful of in-place ops whatever the number of statistics, and no host sync: a
         non-finite step enters with weight 0 instead of being branched around.
         """
-        n = self._filled + int(self._pending)
-        if n == 0:
+        if not self._pending:
             return
-        if n > 1:
-            self._fold(n)
-        else:
-            self._fold_one(self._rows[0])
-        self._filled, self._pending, self._p = 0, False, self._rows[0]
-
-    def _fold_one(self, p: torch.Tensor) -> None:
-        """One step: the recurrences as written in the module docstring."""
-        b = self._b
-        x = p.div_(self.count)
+        x = self._p.div_(self.count)
         ok = torch.isfinite(x).all().to(x.dtype)  # 1 for a clean step, 0 to skip it
         x.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-        first = b["n_obs"] == 0
+        first = self.n_obs == 0
         # EMA: x_1 on the first observed step (lerp weight 1), then gamma * old + (1 - gamma) * x
         self._ema.lerp_(x, ok * torch.where(first, 1.0, 1.0 - self.gamma))
         i = self._row.get("sq")
@@ -428,43 +375,15 @@ class ChannelStats:
             f = x[i]
             if self.rho != 1.0:
                 keep = 1.0 - ok * (1.0 - self.rho)
-                b["energy_sum"].mul_(keep)
-                b["obs_weight"].mul_(keep)
-            b["energy_sum"].add_(f * ok)
-            b["obs_weight"].add_(ok)
-            b["first_energy"].lerp_(f, ok * first)
-        b["n_obs"].add_(ok)
-        b["skipped"].add_(1.0 - ok)
-        p.zero_()
-
-    def _fold(self, n: int) -> None:
-        """`n` steps at once: e_n = prod(1 - w) e_0 + sum_t w_t prod_{u>t}(1 - w_u) x_t, likewise S and N."""
-        b = self._b
-        xs = self._ring[:n].div_(self.count)  # (n, k, slots)
-        ok = torch.isfinite(xs).flatten(1).all(1).to(xs.dtype)
-        xs.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-        first = ((b["n_obs"] + ok.cumsum(0) - ok) == 0).to(xs.dtype)  # no clean step observed before t
-        w = first.mul(self.gamma).add_(1.0 - self.gamma).mul_(ok)  # lerp weight of step t
-        later = _after(1.0 - w)
-        self._ema.mul_(later[0] * (1.0 - w[0])).add_(torch.tensordot(w * later, xs, dims=1))
-        i = self._row.get("sq")
-        if i is not None:
-            f = xs[:, i]
-            if self.rho != 1.0:
-                keep = 1.0 - ok * (1.0 - self.rho)
-                kept = _after(keep)
-                total = kept[0] * keep[0]
-                b["energy_sum"].mul_(total).add_(torch.tensordot(ok * kept, f, dims=1))
-                b["obs_weight"].mul_(total).add_((ok * kept).sum())
-            else:
-                b["energy_sum"].add_(torch.tensordot(ok, f, dims=1))
-                b["obs_weight"].add_(ok.sum())
-            m = ok * first  # 1 on the first clean step of the run, if it is among these
-            b["first_energy"].mul_(1.0 - m.sum()).add_(torch.tensordot(m, f, dims=1))
-        clean = ok.sum()
-        b["n_obs"].add_(clean)
-        b["skipped"].add_(n - clean)
-        self._ring[:n].zero_()
+                self.energy_sum.mul_(keep)
+                self.obs_weight.mul_(keep)
+            self.energy_sum.add_(f * ok)
+            self.obs_weight.add_(ok)
+            self.first_energy.lerp_(f, ok * first)
+        self.n_obs.add_(ok)
+        self.skipped.add_(1.0 - ok)
+        self._p.zero_()
+        self._pending = False
 
     def group_mean(self, x: torch.Tensor) -> torch.Tensor:
         """Each slot gets the mean of `x` over the alive channels of its group."""
@@ -499,7 +418,7 @@ class ChannelStats:
 
     def stats_bytes(self) -> int:
         """Bytes held for statistics: buffers, pending sums, counts and the index plan."""
-        tensors = list(self._b.values()) + [self._ema, self._ring, self.count, self.alive, self.group_of_slot]
+        tensors = [getattr(self, b) for b in _BUFFERS] + [self._ema, self._p, self.count, self.alive, self.group_of_slot]
         tensors += [t for p in self.plan for e in p.entries for t in (e.pos, e.flat) if isinstance(t, torch.Tensor)]
         return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -516,9 +435,9 @@ class ChannelStats:
             state = {**state, "first_energy": state["alpha0"] / self.beta0}
         for b in _BUFFERS:
             v = state[b]
-            if v.shape != self._b[b].shape:
-                raise PruneError(f"statistics {b!r} have shape {tuple(v.shape)}, expected {tuple(self._b[b].shape)}")
-            self._b[b] = v.to(self.device).clone()
+            if v.shape != getattr(self, b).shape:
+                raise PruneError(f"statistics {b!r} have shape {tuple(v.shape)}, expected {tuple(getattr(self, b).shape)}")
+            setattr(self, b, v.to(self.device).clone())
         for name in saved & set(self._row):
             self._ema[self._row[name]] = state[f"ema_{name}"].to(self.device)
 

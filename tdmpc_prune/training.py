@@ -2,7 +2,7 @@
 optimizer hooks that are the per-step hot path.
 
 Before each optimizer's step its gradients are added to the pending statistics (the first optimizer
-of a step first closes the previous step); after it, the group lasso shrinks the pressured channels
+of a step first folds the previous step in); after it, the group lasso shrinks the pressured channels
 while pruning events remain, and the masks are re-applied.
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ def pre_step_hook(pruner: "Pruner", index: int, ids: frozenset) -> Callable[...,
 
     def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if index == 0:
-            stats.end_step()  # the previous step is complete once the first optimizer steps again
+            stats.commit()  # the previous step is complete once the first optimizer steps again
         stats.accumulate(ids)
 
     return hook

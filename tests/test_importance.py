@@ -199,28 +199,3 @@ def test_ties_are_broken_by_fisher_then_a_seeded_draw_never_by_index() -> None:
             p.prune_to(0.5)
         removed.append(sorted(torch.nonzero(~p.alive["0"]).squeeze(1).tolist()))
     assert [0, 1, 2, 3] not in removed and len({tuple(r) for r in removed}) > 1
-
-
-@pytest.mark.parametrize("posterior_decay", [1.0, 0.8])
-def test_folding_a_ring_of_steps_equals_folding_each_step(monkeypatch, posterior_decay: float) -> None:
-    """Small layouts fold RING_STEPS steps at once (closed form); the statistics equal the step-by-step
-    recurrences, with a skipped first step, a skipped later one, and reads in the middle of a ring."""
-    import tdmpc_prune.importance as importance
-
-    seq = [_grads(s) for s in range(23)]
-    seq[0][0][0, 0] = float("nan")  # the very first step is skipped: the next clean one is `first`
-    seq[9][2][0, 1] = float("inf")
-    states = []
-    for ring_slots in (importance.RING_SLOTS, 0):  # 0: one step per fold
-        monkeypatch.setattr(importance, "RING_SLOTS", ring_slots)
-        model, pruner, opt = _setup("combined", posterior_decay=posterior_decay)
-        assert len(pruner.stats._rows) == (importance.RING_STEPS if ring_slots else 1)
-        for t, grads in enumerate(seq):
-            _step(model, opt, grads)
-            if t in (4, 13):
-                pruner.scores()  # a read folds what is pending
-        states.append(pruner.stats.state_dict())
-    ring, each = states
-    assert int(each["skipped"]) == 2 and int(each["n_obs"]) == len(seq) - 2
-    for key in each:
-        assert torch.allclose(ring[key], each[key], rtol=1e-5, atol=1e-7), key
