@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Callable, List, Mapping, NamedTuple, Opti
 import torch
 import torch.nn as nn
 
+from .tracing import default_forward
+
 if TYPE_CHECKING:  # the pruner imports nothing from here; keep it that way
     from .config import PruneConfig
     from .groups import ComponentSpec
@@ -53,11 +55,7 @@ class Adapter:
 
     def forward(self, model: nn.Module, inputs: Any) -> Any:
         """Default: `model(*inputs)` (a dict is passed as keywords, anything else as one argument)."""
-        if isinstance(inputs, dict):
-            return model(**inputs)
-        if isinstance(inputs, (tuple, list)):
-            return model(*inputs)
-        return model(inputs)
+        return default_forward(model, inputs)
 
     def example_inputs(self) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement example_inputs(): one batch for forward()")

@@ -17,11 +17,11 @@ ranks within a group (or globally) and breaks ties by the fisher score, then a s
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, Type, Union
+from typing import TYPE_CHECKING, Dict, Iterable, Set, Type, Union
 
 import torch
 
-from .errors import ArgumentError
+from .errors import ArgumentError, PruneConfigError
 
 if TYPE_CHECKING:
     from .importance import ChannelStats
@@ -62,6 +62,23 @@ def get_criterion(criterion: Union[str, Criterion]) -> Criterion:
     if isinstance(criterion, Criterion):
         return criterion
     return CRITERIA[criterion]
+
+
+def statistics_for(criterion: Criterion, observe: Iterable[str]) -> Set[str]:
+    """The statistics to gather: what `criterion` reads and what the `observe`d criteria ("all": every one) read."""
+    observe = list(observe)
+    observed = CRITERIA.values() if "all" in observe else [CRITERIA[c] for c in observe]
+    return set(criterion.needs).union(*(c.needs for c in observed))
+
+
+def check_gathered(criterion: Criterion, gathered: Set[str]) -> None:
+    """Switching to `criterion` needs its statistics to have been gathered all along."""
+    missing = set(criterion.needs) - gathered
+    if missing:
+        raise PruneConfigError(
+            f"criterion {criterion.name!r} needs the statistics {sorted(missing)}, which this pruner did not gather: "
+            f"create it with observe=[{criterion.name!r}] (or observe=['all'])"
+        )
 
 
 class StatisticEMA(Criterion):

@@ -134,8 +134,7 @@ class GroupLasso:
             torch._foreach_add_(dsts, [sums[k] for k in layer])
         # factor = max(0, 1 - lambda / (||W_c|| + eps)), written in place so the scale views see it
         norm.sqrt_().add_(self.eps)
-        torch.div(self._lambda_alive(float(t)), norm, out=plan.factor)
-        plan.factor.neg_().add_(1.0).clamp_min_(0.0)
+        torch.addcdiv(plan.ones, self._lambda_alive(float(t)), norm, value=-1.0, out=plan.factor).clamp_min_(0.0)
         for tensors, scales, fills in plan.scale_rounds:
             for buf, e in fills:
                 if buf is not None:
@@ -164,6 +163,7 @@ class _ShrinkPlan:
         self.layout = layout  # ChannelStats.plan it was built for (rebuilt after every structural change)
         self.norm = torch.zeros(size, device=device)
         self.factor = torch.ones(size, device=device)
+        self.ones = torch.ones(size, device=device)
         self.tensors: List[torch.Tensor] = []
         self.norm_entries: list = []  # (index into tensors, entry, destination view of `norm` or None)
         self.norm_rounds: list = []  # (entry indices, destination views): layers sharing no slot

@@ -7,19 +7,29 @@
   is named and refused instead of being half-pruned at an event deep into a run.
 * `foreign_optimizers`: optimizers that hold state for tensors physical pruning would shrink but
   that the pruner was never attached to (their `exp_avg` would no longer fit).
+* `check_config_fits`, `check_events_after_first_step`, `check_observed`: a config that cannot work
+  on these groups, or pruning events that would rank channels on no statistics.
 """
 from __future__ import annotations
 
 import gc
+import warnings
 import weakref
-from typing import Any, Callable, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, List, Sequence, Tuple
 
 import torch
 
-from .errors import PruneError
+from .errors import PruneConfigError, PruneError
 from .groups import Group
+from .selection import check_targets, group_target
 from .tracing import side_effect_free
 from .surgery import Surgeon
+
+if TYPE_CHECKING:
+    from .config import PruneConfig
+    from .criteria import Criterion
+    from .pruner import Pruner
+    from .schedule import Schedule
 
 
 def _shapes(out: Any) -> Any:
@@ -114,4 +124,62 @@ def check_no_foreign_optimizers(surgeon: Surgeon, groups: Sequence[Group]) -> No
             f"an optimizer the pruner is not attached to ({type(opt).__name__}) holds state for {n} tensor(s) that "
             "physical pruning shrinks; that state would no longer fit. Pass every optimizer that trains the model "
             "to pruner.attach([...]) before pruning, or prune with physical=False (masks)."
+        )
+
+
+def check_has_groups(groups: Sequence[Group], notes: Sequence[str]) -> None:
+    """Discovery found something to prune (`notes`: why layers were left out)."""
+    if not groups:
+        detail = "; ".join(notes) or "no Linear/Conv/Embedding layer with prunable outputs was traced"
+        raise PruneError(
+            f"the model has no prunable group ({detail}). Check that forward_fn runs the components and returns "
+            "only the heads' outputs, and that `exclude` does not cover every layer."
+        )
+
+
+def check_config_fits(config: "PruneConfig", groups: Sequence[Group]) -> None:
+    """The config's budgets name traced components, no target removes a whole layer, and something can shrink."""
+    known = {c for g in groups for c in g.components}
+    for comp in config.budgets:
+        if comp not in known:
+            raise PruneConfigError(f"budget for unknown component {comp!r}; components are: {', '.join(sorted(known))}")
+    check_targets(config, groups, config.sparsity)
+    if config.sparsity > 0 and not config.budgets and all(group_target(config, g, config.sparsity) == 0 for g in groups):
+        raise PruneConfigError(
+            f"nothing can be pruned: all {len(groups)} groups span several components, and coupling groups are "
+            "protected (coupling='protect'). With the default components (each top-level child of the model) "
+            "every hidden width of a plain nn.Sequential is such a group. Pass components= (e.g. "
+            "{'model': ''} for one component) or coupling='prune'."
+        )
+
+
+def check_events_after_first_step(schedule: "Schedule", first_step: int, criterion: "Criterion") -> None:
+    """A gradient criterion cannot rank channels before training has produced a gradient."""
+    early = [t for t, _ in schedule.events[schedule.done :] if t < first_step]
+    if early and criterion.needs:
+        raise PruneConfigError(
+            f"a pruning event at step {early[0]} comes before training updates begin (first_step={first_step}): "
+            f"criterion {criterion.name!r} would rank channels on no gradient statistics. "
+            f"Give start (and end) >= {first_step}, or as fractions of the training span."
+        )
+
+
+def check_observed(pruner: "Pruner") -> None:
+    """A due pruning event that removes channels by a gradient criterion needs observed optimizer steps
+    (raises); `prune_to()` called by hand before any is only warned about (`warn_unobserved`)."""
+    removes = any(pruner.group_target(g, pruner.config.sparsity) > 0 for g in pruner.groups)
+    if removes and pruner.criterion.needs and not pruner.observed():
+        raise PruneError(
+            f"a pruning event fired at step {pruner.clock} before any optimizer step was observed: criterion "
+            f"{pruner.config.criterion!r} would rank on no statistics. attach() the pruner to the optimizer that trains "
+            "the model, and give start after the first training update."
+        )
+
+
+def warn_unobserved(pruner: "Pruner") -> None:
+    if pruner.criterion.needs and not pruner.observed():
+        warnings.warn(
+            f"prune_to(): criterion {pruner.config.criterion!r} has observed no optimizer step yet, so every score is 0 "
+            "and the channels are chosen by the seeded tie-break alone (at random)",
+            stacklevel=3,
         )

@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import warnings
-from typing import Dict, List, Mapping, Optional, Protocol, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence, Union
 
 import numpy as np
 import torch
@@ -37,6 +37,13 @@ class Sink(Protocol):
     def image(self, tag: str, image_hwc: np.ndarray, step: int) -> None: ...
 
     def text(self, tag: str, text: str, step: int) -> None: ...
+
+    # optional: `shows_media = False` when histograms, images and text reach nothing that shows them
+    # (an SB3 logger without TensorBoard): they are then not computed (no heatmap is rendered)
+
+
+def shows_media(sink: Any) -> bool:
+    return bool(getattr(sink, "shows_media", True))
 
 
 class WriterSink:
@@ -66,6 +73,10 @@ class OncePerStep:
         self.writer = getattr(sink, "writer", None)
         self._step: Optional[int] = None
         self._tags: set = set()
+
+    @property
+    def shows_media(self) -> bool:
+        return shows_media(self.sink)
 
     def _fresh(self, tag: str, step: int) -> bool:
         if step != self._step:
@@ -249,11 +260,12 @@ def log_pruner(
         scalars.update(criterion_importance(pruner))
     for tag, value in scalars.items():
         sink.scalar(tag, value, step)
-    for comp, values in importance_by_component(pruner, scores).items():
+    media = shows_media(sink)
+    for comp, values in (importance_by_component(pruner, scores) if media else {}).items():
         sink.histogram(f"prune/importance_hist/{comp}", values, step)
     if heatmap is not None:
         heatmap.add(pruner, step, scores)
-        if len(heatmap.columns) >= 2 and heatmap.can_render():
+        if media and len(heatmap.columns) >= 2 and heatmap.can_render():
             sink.image("prune/importance_heatmap", heatmap.render(), step)
     return scalars
 

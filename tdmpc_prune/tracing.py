@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -53,6 +53,13 @@ class InputMarker(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * 1.0
+
+
+def default_forward(model: nn.Module, inputs: Any) -> Any:
+    """`model(*inputs)` for a tuple or list, `model(**inputs)` for a dict, else `model(inputs)`."""
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    return model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
 
 
 def _markable(x) -> bool:

@@ -51,3 +51,36 @@ def test_dense_and_pruned_runs_side_by_side(tmp_path) -> None:
     assert "prune/importance_heatmap" in tags["images"]
     image = acc.Images("prune/importance_heatmap")[-1]
     assert image.width > 100 and image.height > 50
+
+
+def test_no_media_work_without_a_media_output(monkeypatch, tmp_path) -> None:
+    """Without TensorBoard (stdout/log/csv only) no histogram or heatmap is computed; with it, they are."""
+    from stable_baselines3.common.logger import configure
+
+    from tdmpc_prune.sb3.callback import LoggerSink
+    from tdmpc_prune.tensorboard import ImportanceHeatmap, log_pruner
+
+    renders, render = [], ImportanceHeatmap.render
+    monkeypatch.setattr(ImportanceHeatmap, "render", lambda self, labels=None: renders.append(1) or render(self, labels))
+    model = wrap(make("ppo"), criterion="bayes", total_timesteps=100_000, **SCHEDULE)
+    model.learn(128)  # statistics gathered, no event
+    pruner = get_pruner(model)
+    text_only = LoggerSink(configure(str(tmp_path), ["csv"]))
+    assert not text_only.shows_media
+    heatmap = ImportanceHeatmap()
+    for step in (1, 2):
+        log_pruner(text_only, pruner, step, heatmap)
+    assert not renders and len(heatmap.columns) == 2  # columns kept for a later writer, nothing rendered
+
+    class Media:
+        def write(self, key_values, key_excluded, step=0):
+            pass
+
+        def close(self):
+            pass
+
+    logger = configure(str(tmp_path), ["csv"])
+    logger.output_formats.append(Media())
+    assert LoggerSink(logger).shows_media
+    log_pruner(LoggerSink(logger), pruner, 3, heatmap)
+    assert renders == [1]

@@ -7,7 +7,9 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import HParam, Image, KVWriter, Logger, TensorBoardOutputFormat
+from stable_baselines3.common.logger import (
+    CSVOutputFormat, HParam, HumanOutputFormat, Image, JSONOutputFormat, KVWriter, Logger, TensorBoardOutputFormat,
+)
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.utils import safe_mean
 
@@ -22,6 +24,7 @@ from .saving import bind
 
 CALLBACK_OPTIONS = ("total_timesteps", "log_freq", "heatmap", "verbose")
 TENSORBOARD_ONLY = ("stdout", "log", "json", "csv")
+_TEXT_FORMATS = (HumanOutputFormat, JSONOutputFormat, CSVOutputFormat)
 _ON_STDOUT = ("prune/sparsity", "prune/params", "prune/params_ratio", "prune/flops_ratio", "prune/events")
 
 
@@ -30,6 +33,11 @@ class LoggerSink:
 
     def __init__(self, logger: Logger):
         self.logger = logger
+
+    @property
+    def shows_media(self) -> bool:
+        """Whether an output format other than the text ones (stdout, log, json, csv) takes histograms and images."""
+        return any(not isinstance(f, (*_TEXT_FORMATS, DumpWatch)) for f in self.logger.output_formats)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.logger.record(tag, float(value), exclude=None if tag in _ON_STDOUT else ("stdout", "log"))
