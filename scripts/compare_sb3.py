@@ -110,7 +110,8 @@ def report(paths: List[str], out_dir: Path) -> None:
         title = (f"### {algo.upper()} {env}, pruned while training: IQM of the dense-normalised return "
                  "(R - R_random) / (R_dense - R_random), same seed; 95 % CI")
         label = lambda r: f"{r['criterion']} l1={float(r['l1']):g}"  # noqa: E731
-        part, summary[f"{algo}/{env}"] = results.section(pruned, dense, label, ORDER, title, out_dir / f"during_training_{algo}_{env}.png")
+        part, summary[f"{algo}/{env}"] = results.section(pruned, dense, label, ORDER, title, out_dir / f"during_training_{algo}_{env}.png",
+                                                         references=("magnitude l1=0", "random l1=0"))
         lines += part
     results.write_report(lines, summary, out_dir / "during_training.md")
 

@@ -191,13 +191,41 @@ def plot_ratio(table: Mapping[str, Mapping[float, Cell]], sparsities: Sequence[f
     plt.close(fig)
 
 
-def section(rows: Sequence[Mapping[str, str]], dense: Mapping[int, float], label, order: Sequence[str], title: str, png: Path) -> Tuple[List[str], Dict[str, Dict[str, object]]]:
-    """One report section: a titled rliable table over the rows' sparsities, its plot, and its summary."""
+def improvement_table(
+    rows: Sequence[Mapping[str, str]], dense: Mapping[int, float], label, sparsities: Sequence[float], reference: str, order: Sequence[str] = ()
+) -> List[str]:
+    """Markdown rows of P(row > `reference`) on the dense-normalised return (rliable, 95 % CI) per sparsity;
+    empty when no row is labelled `reference`."""
+    floor = RANDOM_RETURN.get(str(rows[0]["env"]), 0.0) if rows else 0.0
+
+    def scores(name: str, s: float) -> np.ndarray:
+        vals = {int(r["seed"]): float(r["eval_return"]) for r in rows if label(r) == name and float(r["sparsity"]) == s}
+        return np.array([normalise(vals[k], dense[k], floor) for k in sorted(vals) if k in dense])
+
+    labels = sorted({label(r) for r in rows} - {reference}, key=lambda x: (list(order).index(x) if x in order else len(order), x))
+    if not labels or not any(len(scores(reference, s)) for s in sparsities):
+        return []
+    lines = [f"P(row > {reference}), probability of improvement with 95 % CI:", "",
+             "| | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |", "|---|" + "---|" * len(sparsities)]
+    for name in labels:
+        cells = []
+        for s in sparsities:
+            x, y = scores(name, s), scores(reference, s)
+            cells.append(fmt_ci(probability_of_improvement(x, y), 2) if len(x) > 1 and len(y) > 1 else "–")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def section(rows: Sequence[Mapping[str, str]], dense: Mapping[int, float], label, order: Sequence[str], title: str, png: Path,
+            references: Sequence[str] = ("magnitude", "random")) -> Tuple[List[str], Dict[str, Dict[str, object]]]:
+    """One report section: a titled rliable table over the rows' sparsities, the probability of
+    improvement over each of `references`, its plot, and its summary."""
     sparsities = sorted({float(r["sparsity"]) for r in rows})
     table_lines, table = ratio_table(rows, dense, label, sparsities, order)
     plot_ratio(table, sparsities, png.stem.replace("_", " "), png)
     summary = {k: {f"{s:g}": (v[0] if v else None) for s, v in by_s.items()} for k, by_s in table.items()}
-    return [title, ""] + table_lines + [""], summary
+    extra = [line for ref in references for line in improvement_table(rows, dense, label, sparsities, ref, order)]
+    return [title, ""] + table_lines + [""] + extra, summary
 
 
 def write_report(lines: List[str], summary: Mapping[str, object], path: Path) -> None:
