@@ -74,6 +74,17 @@ def test_iqm_intervals_come_from_rliable() -> None:
     assert 0.5 < p <= 1.0 and plo <= p <= phi
 
 
+def test_reports_give_the_probability_of_improvement_over_each_baseline() -> None:
+    dense = {s: 1000.0 for s in range(4)}
+    rows = [dict(env="HalfCheetah-v5", criterion=c, sparsity="0.5", seed=str(s), eval_return=str(ret + s))
+            for s in range(4) for c, ret in (("bayes", 900.0), ("magnitude", 500.0), ("random", 100.0))]
+    lines = results.improvement_table(rows, dense, lambda r: r["criterion"], [0.5], "magnitude", ["bayes", "random"])
+    cells = {line.split(" | ")[0].strip("| "): line.split(" | ")[1] for line in lines if line.startswith("| bayes") or line.startswith("| random")}
+    assert cells["bayes"].startswith("1.00") and cells["random"].startswith("0.00")  # always above / always below
+    assert "magnitude" not in cells and lines[0].startswith("P(row > magnitude)")
+    assert results.improvement_table(rows, dense, lambda r: r["criterion"], [0.5], "taylor") == []  # no such baseline
+
+
 def test_during_training_grid_rows_and_rerun(tmp_path, capsys) -> None:
     import compare_sb3
 
