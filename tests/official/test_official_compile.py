@@ -48,10 +48,16 @@ def _frames() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-def test_compiled_official_update_matches_eager(official, monkeypatch) -> None:
+def test_compiled_official_update_matches_eager(official) -> None:
     # inductor's own RNG differs from eager's: with this flag its random ops (the official Q subset
-    # `randperm(num_q)[:2]`) draw from the eager generator, seeded alike before each agent's update
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    # `randperm(num_q)[:2]`) draw from the eager generator, seeded alike before each agent's update.
+    # inductor's own `config.patch`, not pytest's monkeypatch: pytest >= 9.2 restores an attribute
+    # missing from the module's __dict__ with delattr, which hides the option for every later test
+    with torch._inductor.config.patch(fallback_random=True):
+        _compiled_official_update_matches_eager(official)
+
+
+def _compiled_official_update_matches_eager(official) -> None:
     torch._dynamo.reset()
     eager, p_eager = _agent(official, compiled=False)
     comp, p_comp = _agent(official, compiled=True)
