@@ -131,6 +131,13 @@ def normalise(ret: float, dense: float, floor: float) -> float:
     return (ret - floor) / max(1e-9, dense - floor)
 
 
+def normalised_scores(rows: Sequence[Mapping[str, str]], dense: Mapping[int, float], label, name: str, sparsity: float) -> np.ndarray:
+    """Dense-normalised returns (by seed) of the rows labelled `name` at `sparsity`, seeds with a dense twin only."""
+    floor = RANDOM_RETURN.get(str(rows[0]["env"]), 0.0) if rows else 0.0
+    vals = {int(r["seed"]): float(r["eval_return"]) for r in rows if label(r) == name and float(r["sparsity"]) == sparsity}
+    return np.array([normalise(vals[k], dense[k], floor) for k in sorted(vals) if k in dense])
+
+
 def fmt_ci(v: Optional[Tuple[float, float, float]], digits: int = 0) -> str:
     if v is None:
         return "–"
@@ -155,9 +162,7 @@ def ratio_table(
     for name in labels:
         table[name] = {}
         for s in sparsities:
-            vals = {int(r["seed"]): float(r["eval_return"]) for r in rows if label(r) == name and float(r["sparsity"]) == s}
-            floor = RANDOM_RETURN.get(str(rows[0]["env"]), 0.0)
-            ratio = np.array([normalise(vals[k], dense[k], floor) for k in sorted(vals) if k in dense])
+            ratio = normalised_scores(rows, dense, label, name, s)
             table[name][s] = (iqm_ci({name: ratio})[name], len(ratio)) if len(ratio) else None
         cells = [f"{fmt_ci(c[0], 2)} (n={c[1]})" if c else "–" for c in (table[name][s] for s in sparsities)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -196,11 +201,8 @@ def improvement_table(
 ) -> List[str]:
     """Markdown rows of P(row > `reference`) on the dense-normalised return (rliable, 95 % CI) per sparsity;
     empty when no row is labelled `reference`."""
-    floor = RANDOM_RETURN.get(str(rows[0]["env"]), 0.0) if rows else 0.0
-
     def scores(name: str, s: float) -> np.ndarray:
-        vals = {int(r["seed"]): float(r["eval_return"]) for r in rows if label(r) == name and float(r["sparsity"]) == s}
-        return np.array([normalise(vals[k], dense[k], floor) for k in sorted(vals) if k in dense])
+        return normalised_scores(rows, dense, label, name, s)
 
     labels = sorted({label(r) for r in rows} - {reference}, key=lambda x: (list(order).index(x) if x in order else len(order), x))
     if not labels or not any(len(scores(reference, s)) for s in sparsities):
