@@ -52,12 +52,14 @@ def _filled_buffer(cfg, device, episodes: int = 4) -> ReplayBuffer:
     return buf
 
 
-def _time_updates(agent, buffer, n: int) -> Timing:
-    return time_calls(lambda: agent.update(buffer), agent.device, n)
+def _time_updates(agent, buffer, n: int, block: int = 1) -> Timing:
+    """`n` timed calls of `block` updates each (a block of every_n_updates holds one observed update)."""
+    return time_calls(lambda: [agent.update(buffer) for _ in range(block)], agent.device, n)
 
 
 def _hook_ms(pruner, opts, device, repeats: int, grads: bool = True) -> float:
-    """Time of the pruner's own work per update (every optimizer's pre- and post-step hook), timed directly."""
+    """Time of the pruner's own work per update (every optimizer's pre- and post-step hook), timed directly
+    over blocks of `every_n_updates` updates (one of them observed)."""
     from tdmpc_prune.training import post_step_hook, pre_step_hook
 
     params = [p for o in opts for g in o.param_groups for p in g["params"]]
@@ -68,12 +70,15 @@ def _hook_ms(pruner, opts, device, repeats: int, grads: bool = True) -> float:
     hooks = [(pre_step_hook(pruner, i, ids[i]), post_step_hook(pruner, ids[i])) for i in range(len(opts))]
     saved = [p.detach().clone() for p in params]
 
-    def run_hooks():
-        for (pre, post), opt in zip(hooks, opts):
-            pre(opt, (), {})
-            post(opt, (), {})
+    block = pruner.config.every_n_updates
 
-    ms = time_calls(run_hooks, device, repeats, warmup=2).ms
+    def run_hooks():
+        for _ in range(block):
+            for (pre, post), opt in zip(hooks, opts):
+                pre(opt, (), {})
+                post(opt, (), {})
+
+    ms = time_calls(run_hooks, device, repeats, warmup=2).ms / block
     with torch.no_grad():  # the shrink moved the weights: put them back
         for p, s in zip(params, saved):
             p.copy_(s)
@@ -89,7 +94,7 @@ SB3_CASES = {  # name -> (algorithm, env id, steps argument); every hyper-parame
     "ppo_cartpole": ("PPO", "CartPole-v1", "ppo_steps"),
     "sac_pendulum": ("SAC", "Pendulum-v1", "sac_steps"),
 }
-SB3_PRUNE = dict(criterion="bayes", sparsity=0.5, l1=1e-4)  # + total_timesteps: 10x the run (no event fires)
+SB3_PRUNE: Dict[str, Any] = dict(criterion="bayes", sparsity=0.5, l1=1e-4)  # + total_timesteps: 10x the run (no event fires)
 
 
 def _sb3_run(algo_name: str, env_id: str, steps: int, pruned: bool, seed: int) -> Tuple[float, float, Any]:
@@ -164,10 +169,12 @@ def bench_tdmpc2(args: argparse.Namespace) -> Dict[str, Any]:
                       batch_size=args.batch_size, device=args.device)
     agent = TDMPC2(cfg)
     buffer = _filled_buffer(cfg, agent.device)
-    pruner = attach(agent, total_steps=10_000, config=PruneConfig(criterion=args.criterion, l1=args.l1, l1_period=100, sparsity=0.5))
+    pruner = attach(agent, total_steps=10_000, config=PruneConfig(criterion=args.criterion, l1=args.l1, l1_period=100, sparsity=0.5,
+                                                                  every_n_updates=args.every_n_updates))
+    block = args.every_n_updates  # each timed call: one block of updates, one of them observed
 
     opts = [agent.optim, agent.pi_optim]
-    _time_updates(agent, buffer, 2)  # warm-up (allocator, first-call costs)
+    _time_updates(agent, buffer, 2, block)  # warm-up (allocator, first-call costs)
     on, off = _time_updates(agent, buffer, 0), _time_updates(agent, buffer, 0)  # empty, right clock
     ratios, wall_ratios = [], []
     for b in range(args.pairs):
@@ -177,7 +184,7 @@ def bench_tdmpc2(args: argparse.Namespace) -> Dict[str, Any]:
                 pruner.attach(opts, total_steps=10_000)
             else:
                 pruner.detach()
-            pair[state] = _time_updates(agent, buffer, 1)
+            pair[state] = _time_updates(agent, buffer, 1, block)
             (on if state else off).extend(pair[state])
         ratios.append(pair[True].ms / pair[False].ms)
         wall_ratios.append(pair[True].wall_ms / pair[False].wall_ms)
@@ -187,11 +194,11 @@ def bench_tdmpc2(args: argparse.Namespace) -> Dict[str, Any]:
     result = {
         "overhead_ratio": round(statistics.median(ratios), 4),
         "overhead_ratio_spread": _spread(ratios),
-        "ms_update_on": round(on.ms, 2),
-        "ms_update_off": round(off.ms, 2),
+        "ms_update_on": round(on.ms / block, 2),
+        "ms_update_off": round(off.ms / block, 2),
         "wall_ratio": round(statistics.median(wall_ratios), 4),
         "hook_ms": round(hook_ms, 3),
-        "hook_ratio": round(1 + hook_ms / off.ms, 4),
+        "hook_ratio": round(1 + hook_ms * block / off.ms, 4),
         "clock": "thread CPU time" if on.use_cpu else "wall time",
         "stats_bytes": pruner.stats.stats_bytes(),
         "param_bytes": param_bytes,
@@ -204,6 +211,7 @@ def bench_tdmpc2(args: argparse.Namespace) -> Dict[str, Any]:
         "threads": args.threads,
         "l1": args.l1,
         "criterion": args.criterion,
+        "every_n_updates": block,
     }
     print(f"update: {result['ms_update_off']} ms without the pruner, {result['ms_update_on']} ms with statistics + L1; "
           f"the pruner's hooks alone: {result['hook_ms']} ms")
@@ -219,6 +227,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--l1", type=float, default=1e-4, help="lambda_max of the group lasso (0: statistics only)")
     ap.add_argument("--criterion", default="bayes")
+    ap.add_argument("--every-n-updates", type=int, default=PruneConfig.every_n_updates,
+                    help="statistics and group lasso on every n-th update (the PruneConfig default unless given)")
     ap.add_argument("--no-tdmpc2", action="store_true", help="skip the TD-MPC2 update benchmark")
     ap.add_argument("--no-sb3", action="store_true", help="skip the SB3 whole-run benchmarks")
     ap.add_argument("--sb3-cases", default=",".join(SB3_CASES), help=f"comma-separated, of: {', '.join(SB3_CASES)}")
@@ -227,6 +237,7 @@ def main() -> None:
     ap.add_argument("--sac-steps", type=int, default=2000, help="SAC Pendulum-v1 timesteps (updates from step 100)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    SB3_PRUNE["every_n_updates"] = args.every_n_updates
     result: Dict[str, Any] = {} if args.no_tdmpc2 else bench_tdmpc2(args)
     if not args.no_sb3:
         result["sb3"] = bench_sb3(args)

@@ -55,7 +55,8 @@ def run_one(args: argparse.Namespace, seed: int, criterion: str, sparsity: float
     name = "dense" if criterion == "dense" else f"{criterion}_{round(sparsity * 100)}_l1-{l1:g}"
     model.tensorboard_log = args.logdir
     if criterion != "dense":
-        model = wrap(model, criterion=criterion, sparsity=sparsity, l1=l1, seed=seed, heatmap=False, log_freq=20_000, **SCHEDULE)
+        model = wrap(model, criterion=criterion, sparsity=sparsity, l1=l1, seed=seed, heatmap=False, log_freq=20_000,
+                     every_n_updates=1, **SCHEDULE)  # every update observed, as when the committed results were measured
     t0 = time.time()
     model.learn(args.steps, tb_log_name=f"{args.algo}_{args.env}_{name}_s{seed}")
     seconds = time.time() - t0

@@ -50,7 +50,8 @@ def base_tokens(args: argparse.Namespace) -> List[str]:
 def cell_tokens(criterion: str, sparsity: float) -> List[str]:
     if criterion == "dense":
         return []
-    return ["--prune", f"prune.criterion={criterion}", f"prune.sparsity={sparsity:g}"]
+    # every update observed, as when the committed results were measured
+    return ["--prune", f"prune.criterion={criterion}", f"prune.sparsity={sparsity:g}", "prune.every_n_updates=1"]
 
 
 def cells(args: argparse.Namespace) -> List[Tuple[str, float]]:

@@ -184,7 +184,8 @@ class Trainer:
         return Autoencoder(self.d, self.study.hidden)
 
     def pruner_options(self, criterion: str, sparsity: float = 0.5, coupling: str = "prune", **extra: Any) -> Dict[str, Any]:
-        options = dict(criterion=criterion, sparsity=sparsity, coupling=coupling, l1=self.l1, seed=self.seed, **never_fires(self.total_steps))
+        options = dict(criterion=criterion, sparsity=sparsity, coupling=coupling, l1=self.l1, seed=self.seed, every_n_updates=1,
+                       **never_fires(self.total_steps))  # every update observed, as when the committed results were measured
         return {**options, **extra}
 
     def epoch_batches(self, epoch: int) -> List[torch.Tensor]:

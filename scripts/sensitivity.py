@@ -48,7 +48,8 @@ import tdmpc2_tasks  # noqa: E402
 CRITERIA = ["grad", "fisher", "bayes", "combined", "taylor", "magnitude", "random"]
 SPARSITIES = [0.5, 0.75, 0.9, 0.95]
 PROTOCOLS = ["dense", "oneshot", "compensated", "finetune"]  # SB3; TD-MPC2: tdmpc2_tasks.PROTOCOLS
-OBSERVER = dict(criterion="bayes", sparsity=0.0, observe=["all"], l1=0.0, heatmap=False, log_freq=10**9)
+# every update observed (every_n_updates=1), as when the committed results were measured
+OBSERVER = dict(criterion="bayes", sparsity=0.0, observe=["all"], l1=0.0, heatmap=False, log_freq=10**9, every_n_updates=1)
 
 
 def parse_seeds(text: str) -> List[int]:

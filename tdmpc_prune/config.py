@@ -48,9 +48,10 @@ class PruneConfig:
     l1: float = 0.0  # lambda_max of the cosine-scheduled group-lasso pressure; 0 disables it
     l1_period: Step = 0.25  # T of the cosine schedule
     physical: bool = True  # True: layers really shrink; False: reversible exact-zero masks
-    ema: float = 0.9  # gamma of the statistics' exponential moving average
+    ema: float = 0.9  # gamma of the statistics' exponential moving average (per observed update)
     prior_strength: float = 1.0  # beta_0 of the Gamma prior (pseudo-observations)
-    posterior_decay: float = 1.0  # rho: forgetting of the Gamma posterior per step (1 = the whole history)
+    posterior_decay: float = 1.0  # rho: forgetting of the Gamma posterior per observed update (1 = the whole history)
+    every_n_updates: int = 4  # statistics and group-lasso shrink on every n-th optimizer update (n-fold cheaper; ema/posterior_decay per observation, n x lambda per shrink)
     compensate: bool = False  # fold a removed channel's mean activation into the next layer's bias
     observe: Sequence[str] = ()  # criteria whose statistics are gathered too ("all": every one), to compare them after one run
     exclude: Sequence[str] = ()  # module names whose output channels are never pruned
@@ -100,6 +101,8 @@ class PruneConfig:
                      what="pseudo-observations of the Gamma prior", example=1.0)
         check_number(PruneConfigError, "posterior_decay", self.posterior_decay, 0, 1, low_open=True,
                      what="1 keeps the whole history", example=1.0)
+        check_number(PruneConfigError, "every_n_updates", self.every_n_updates, low=1, integer=True,
+                     what="the statistics and the group lasso run on every n-th optimizer update", example=4)
         for name in self.observe:
             if name != "all" and name not in _CRITERIA:
                 names = list(_CRITERIA)

@@ -11,7 +11,9 @@ so no extra backward pass) we observe
 
 and smooth each with an EMA, :math:`\bar x_t = \gamma \bar x_{t-1} + (1-\gamma) x_t`
 (:math:`\bar x_1 = x_1`, :math:`\gamma = 0.9` by default).  Steps whose gradients contain NaN/Inf
-are skipped and counted (without a host sync).
+are skipped and counted (on CUDA without a host sync).  With `every_n_updates = n` the observed
+steps are every n-th update: :math:`\gamma` and :math:`\rho` below act per observation, so an
+estimate averages as many gradients as at n = 1 (the same noise), spread over n times as many updates.
 
 **Bayesian uncertainty.**  The gradient energy :math:`\mu_c` of a channel gets a conjugate
 Gamma prior :math:`\mu_c \sim \mathrm{Gamma}(\alpha_0, \beta_0)` (shape/rate) and the energies
@@ -46,6 +48,7 @@ Memory is a handful of floats per *channel* (never a per-parameter copy).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence, Set, Union
 
@@ -193,6 +196,7 @@ class ChannelStats:
             n += g.channels
         self.size = n
         self.device = torch.device(device)
+        self.branch_on_host = self.device.type == "cpu"  # commit's branches: host (CPU, free) or device (no sync)
         z = lambda: torch.zeros(n, device=self.device)  # noqa: E731
         self.energy_sum, self.first_energy = z(), z()
         self.obs_weight = torch.zeros((), device=self.device)
@@ -359,12 +363,15 @@ class ChannelStats:
     def commit(self) -> None:
         """Fold the pending step into the EMAs and the Gamma posterior (skipped if non-finite).
 
-        A handful of in-place ops whatever the number of statistics, and no host sync: a
-        non-finite step enters with weight 0 instead of being branched around.
+        A handful of in-place ops whatever the number of statistics. On CUDA there is no host sync:
+        a non-finite step enters with weight 0 instead of being branched around. On the CPU, where
+        reading a value back is free, the common case is branched to on the host (about half the ops).
         """
         if not self._pending:
             return
         x = self._p.div_(self.count)
+        if self.branch_on_host:
+            return self._commit_on_host(x)
         ok = torch.isfinite(x).all().to(x.dtype)  # 1 for a clean step, 0 to skip it
         x.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
         first = self.n_obs == 0
@@ -384,6 +391,31 @@ class ChannelStats:
         self.skipped.add_(1.0 - ok)
         self._p.zero_()
         self._pending = False
+
+    def _commit_on_host(self, x: torch.Tensor) -> None:
+        """`commit` with its branches taken on the host (the same values as the device path)."""
+        self._pending = False
+        if not math.isfinite(float(x.sum())):  # a NaN/Inf entry makes the sum non-finite
+            self.skipped.add_(1.0)
+            self._p.zero_()
+            return
+        first = bool(self.n_obs == 0)
+        if first:
+            self._ema.copy_(x)
+        else:
+            self._ema.lerp_(x, 1.0 - self.gamma)
+        i = self._row.get("sq")
+        if i is not None:
+            f = x[i]
+            if self.rho != 1.0:
+                self.energy_sum.mul_(self.rho)
+                self.obs_weight.mul_(self.rho)
+            self.energy_sum.add_(f)
+            self.obs_weight.add_(1.0)
+            if first:
+                self.first_energy.copy_(f)
+        self.n_obs.add_(1.0)
+        self._p.zero_()
 
     def group_mean(self, x: torch.Tensor) -> torch.Tensor:
         """Each slot gets the mean of `x` over the alive channels of its group."""

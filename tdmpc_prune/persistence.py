@@ -9,6 +9,8 @@ split into modules, `tests/data/pruner_state_v1.pt`).
 """
 from __future__ import annotations
 
+import warnings
+
 from typing import TYPE_CHECKING, Any, Dict, Mapping
 
 import torch
@@ -28,6 +30,7 @@ def state_dict(pruner: "Pruner") -> Dict[str, Any]:
         "config": pruner.config.to_dict(),
         "groups": {g.id: {"channels": g.channels, "unit": g.unit, "kind": g.kind} for g in pruner.groups},
         "clock": pruner.clock,
+        "updates": pruner.updates,
         "total_steps": pruner.total_steps,
         "first_step": pruner.first_step,
         "events_done": pruner.schedule.done if pruner.schedule is not None else 0,
@@ -58,12 +61,18 @@ def check_loadable(pruner: "Pruner", state: Mapping[str, Any]) -> None:
 def load_state_dict(pruner: "Pruner", state: Mapping[str, Any]) -> None:
     """Replay the pruning history on this (unpruned) model, then restore statistics and schedule."""
     check_loadable(pruner, state)
+    saved_every = state.get("config", {}).get("every_n_updates", 1)  # states from before the option observed every update
+    if saved_every != pruner.config.every_n_updates:
+        warnings.warn(f"this pruner state was saved with every_n_updates={saved_every}, this pruner has "
+                      f"{pruner.config.every_n_updates}: statistics and pressure continue at the new rate; build the "
+                      f"pruner with every_n_updates={saved_every} to continue the run as it was", stacklevel=3)
     for event in state["history"]:
         removed = {gid: torch.tensor(ch, dtype=torch.long) for gid, ch in event["removed"].items()}
         pruner._apply(removed, physical=bool(event["physical"]))
     pruner.history = [dict(h) for h in state["history"]]
     pruner.stats.load_state_dict(state["stats"])
     pruner.clock = int(state["clock"])
+    pruner.updates = int(state.get("updates", 0))  # a state from before every_n_updates: 0 (only its phase differs)
     pruner.total_steps = state.get("total_steps", pruner.total_steps)
     pruner.first_step = int(state.get("first_step", pruner.first_step))
     pruner.schedule = Schedule.from_config(pruner.config, pruner.total_steps, pruner.first_step)

@@ -80,6 +80,7 @@ class Pruner:
         self.alive: Dict[str, torch.Tensor] = {g.id: torch.ones(g.channels, dtype=torch.bool) for g in groups}
         self.history: List[Dict[str, Any]] = []
         self.clock, self.total_steps, self.first_step = 0, None, 0
+        self.updates = 0  # optimizer updates seen by the hooks (which of them are observed: every_n_updates)
         self.schedule: Optional[Schedule] = None
         self.lasso: Optional[GroupLasso] = None
         self.optimizers: List[torch.optim.Optimizer] = []

@@ -16,6 +16,9 @@ i.e. its norm falls by :math:`\lambda_i(t)` per step (to exactly zero once it is
 `.grad` before Adam instead lets :math:`1/\sqrt{\hat v}` rescale it, and where a weight's own
 gradient is small the penalty becomes a full learning-rate step towards zero each update.  The
 pressure is on while pruning events remain (after the last one it would only shrink kept channels).
+Applied on every n-th update only (`every_n_updates`), each shrink is by :math:`n\lambda_i(t)`, as
+truncated gradient (Langford, Li & Zhang, 2009) applies its shrink every K steps with K times the
+gravity: the pressure per update is unchanged.
 """
 from __future__ import annotations
 
@@ -42,8 +45,9 @@ class GroupLasso:
     fused square, one sum per entry, a few fused adds and multiplies, and six small ops.
     """
 
-    def __init__(self, stats: ChannelStats, lam_max: float, period: float, pressured: Sequence[str], eps: float = 1e-12):
+    def __init__(self, stats: ChannelStats, lam_max: float, period: float, pressured: Sequence[str], eps: float = 1e-12, every: int = 1):
         self.stats = stats
+        self.every = int(every)  # the shrink runs on every `every`-th update, by `every` x lambda
         self.lam_max = float(lam_max)
         self.period = float(period)
         self.pressured = list(pressured)
@@ -104,7 +108,7 @@ class GroupLasso:
         """lambda_i(t) x alive per slot, recomputed only when the clock or the layout changes."""
         key = (t, self.stats.alive)
         if self._lam_key is None or self._lam_key[0] != t or self._lam_key[1] is not self.stats.alive:
-            lam = cosine_lambda(t, self._index, len(self.pressured), self.period, self.lam_max)  # every slot at once
+            lam = cosine_lambda(t, self._index, len(self.pressured), self.period, self.lam_max * self.every)  # every slot at once
             self._lam_alive = lam * self.stats.alive
             self._lam_key = key
         return self._lam_alive
@@ -144,7 +148,7 @@ class GroupLasso:
     def _shrink_mixed(self, t: float, plan: "_ShrinkPlan") -> None:
         """The same step for tensors of another dtype than the statistics (e.g. half precision)."""
         groups = {e.group for _, e, _ in plan.norm_entries}
-        lam = cosine_lambda(t, self._index, len(self.pressured), self.period, self.lam_max)
+        lam = cosine_lambda(t, self._index, len(self.pressured), self.period, self.lam_max * self.every)
         factor = (1.0 - lam * self.stats.alive / (self.stats.weight_norm(groups) + self.eps)).clamp_min_(0.0)
         for tensors, _, fills in plan.scale_rounds:
             for t_, (_, e) in zip(tensors, fills):

@@ -3,7 +3,10 @@ optimizer hooks that are the per-step hot path.
 
 Before each optimizer's step its gradients are added to the pending statistics (the first optimizer
 of a step first folds the previous step in); after it, the group lasso shrinks the pressured channels
-while pruning events remain, and the masks are re-applied.
+while pruning events remain, and the masks are re-applied. With `every_n_updates = n` the statistics
+and the shrink run on updates 1, 1 + n, 1 + 2n, ... only (the first optimizer's step counts the
+updates; the first is observed, so an event after it never ranks on no statistics); the masks are
+re-applied after every step.
 """
 from __future__ import annotations
 
@@ -49,7 +52,7 @@ def attach(pruner: "Pruner", optimizers: Sequence[torch.optim.Optimizer], total_
         check_events_after_first_step(pruner.schedule, pruner.first_step, pruner.criterion)
     pressured = [g.id for g in pruner.groups if pruner.group_target(g, cfg.sparsity) > 0]
     period = cfg.resolve_length(cfg.l1_period, total_steps, pruner.first_step) if cfg.l1 > 0 else 1
-    pruner.lasso = GroupLasso(pruner.stats, cfg.l1, max(1, period), pressured)
+    pruner.lasso = GroupLasso(pruner.stats, cfg.l1, max(1, period), pressured, every=cfg.every_n_updates)
     pruner.optimizers = pruner.surgeon.optimizers = opts
     for i, opt in enumerate(opts):
         ids = frozenset(id(p) for pg in opt.param_groups for p in pg["params"])
@@ -63,14 +66,23 @@ def detach(pruner: "Pruner") -> None:
     pruner._handles = []
 
 
+def observed(pruner: "Pruner") -> bool:
+    """Whether the current update is one the statistics and the pressure act on: the first, then every n-th."""
+    return (pruner.updates - 1) % pruner.config.every_n_updates == 0
+
+
 def pre_step_hook(pruner: "Pruner", index: int, ids: frozenset) -> Callable[..., None]:
     """Before optimizer `index` steps: gather the statistics of its tensors (`ids`)."""
     stats = pruner.stats
 
     def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if index == 0:
-            stats.commit()  # the previous step is complete once the first optimizer steps again
-        stats.accumulate(ids)
+            pruner.updates += 1
+            if not observed(pruner):
+                return
+            stats.commit()  # the previous observed update is complete once the first optimizer steps again
+        if observed(pruner):
+            stats.accumulate(ids)
 
     return hook
 
@@ -79,7 +91,7 @@ def post_step_hook(pruner: "Pruner", ids: frozenset) -> Callable[..., None]:
     """After an optimizer steps: the proximal group-lasso shrink of its tensors, then the masks."""
 
     def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if pruner.lasso is not None and not (pruner.schedule is not None and pruner.schedule.finished):
+        if pruner.lasso is not None and observed(pruner) and not (pruner.schedule is not None and pruner.schedule.finished):
             pruner.lasso.shrink(pruner.clock, ids)
         pruner.surgeon.reapply_masks()
 

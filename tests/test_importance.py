@@ -13,11 +13,14 @@ from tdmpc_prune.importance import CRITERIA
 WHOLE = {"model": ""}  # one component: a plain Sequential's hidden widths are component groups
 
 
-def _setup(criterion: str, ema: float = 0.9, prior_strength: float = 1.0, posterior_decay: float = 1.0):
+def _setup(criterion: str, ema: float = 0.9, prior_strength: float = 1.0, posterior_decay: float = 1.0, **options):
+    """Every update observed (every_n_updates=1) unless given: the tests feed hand-made gradients step by step."""
+    options.setdefault("every_n_updates", 1)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
     pruner = Pruner(
-        model, components=WHOLE, example_inputs=(torch.randn(4, 2),), criterion=criterion, ema=ema, prior_strength=prior_strength, posterior_decay=posterior_decay,
+        model, components=WHOLE, example_inputs=(torch.randn(4, 2),), criterion=criterion, ema=ema, prior_strength=prior_strength,
+        posterior_decay=posterior_decay, **options,
     )
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     pruner.attach(opt, total_steps=100)
@@ -84,6 +87,27 @@ def test_bayes_posterior_update_and_score(gamma: float, beta0: float, rho: float
     assert torch.allclose(pruner.scores()["0"], expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("n", [2, 3])
+def test_every_n_updates_observes_every_nth_gradient(n: int) -> None:
+    """every_n_updates=n sees updates 1, 1 + n, 1 + 2n, ... with gamma and rho per observation: the same
+    statistics as observing every update of a run fed only those gradients."""
+    gamma, rho = 0.9, 0.8
+    model, sparse, opt = _setup("bayes", ema=gamma, posterior_decay=rho, every_n_updates=n, observe=["all"])
+    model_b, every, opt_b = _setup("bayes", ema=gamma, posterior_decay=rho, observe=["all"])
+    for seed in range(1, 3 * n + 1):
+        _step(model, opt, _grads(seed))
+        if (seed - 1) % n == 0:
+            _step(model_b, opt_b, _grads(seed))
+    assert sparse.updates == 3 * n and every.updates == 3
+    got, want = sparse.stats.state_dict(), every.stats.state_dict()
+    assert set(got) == set(want) and float(got["n_obs"]) == 3.0
+    for k in want:
+        assert torch.allclose(got[k], want[k], rtol=1e-5, atol=1e-12), k
+    for name in ("grad", "fisher", "bayes", "taylor"):
+        sparse.criterion = every.criterion = CRITERIA[name]
+        assert torch.allclose(sparse.scores()["0"], every.scores()["0"], rtol=1e-5), name
+
+
 def _rank_after(criterion: str, schedule) -> list:
     """Channel order (least important first) after feeding per-channel gradient energies."""
     model, pruner, opt = _setup(criterion)
@@ -139,9 +163,11 @@ def test_random_is_seeded() -> None:
     assert torch.equal(p1.scores()["0"], p2.scores()["0"])
 
 
+@pytest.mark.parametrize("branch_on_host", [True, False], ids=["host-branch", "device-path"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_gradients_are_skipped_and_counted(bad: float) -> None:
+def test_non_finite_gradients_are_skipped_and_counted(bad: float, branch_on_host: bool) -> None:
     model, pruner, opt = _setup("combined")
+    pruner.stats.branch_on_host = branch_on_host  # CPU takes the host branch; CUDA's sync-free path runs here too
     g1 = _grads(1)
     _step(model, opt, g1)
     poisoned = list(_grads(2))
@@ -154,6 +180,24 @@ def test_non_finite_gradients_are_skipped_and_counted(bad: float) -> None:
     assert torch.allclose(pruner.stats.ema_abs, a1, rtol=1e-6)  # EMA of two identical clean steps
     assert all(math.isfinite(v) for v in pruner.scores()["0"].tolist())
     assert pruner.metrics(with_flops=False)["skipped_steps"] == 1.0
+
+
+def test_host_branch_and_device_path_of_commit_agree() -> None:
+    """The CPU's host-branched commit and the sync-free device path give the same statistics,
+    through a first step, a poisoned step and a forgetting posterior."""
+    states = []
+    for on_host in (True, False):
+        model, pruner, opt = _setup("bayes", posterior_decay=0.7, observe=["grad"])  # (taylor would read the poisoned weights)
+        pruner.stats.branch_on_host = on_host
+        for seed in range(1, 6):
+            g = list(_grads(seed))
+            if seed == 3:
+                g[1][0] = float("nan")
+            _step(model, opt, g)
+        states.append(pruner.stats.state_dict())
+    assert float(states[0]["skipped"]) == 1.0 and float(states[0]["n_obs"]) == 4.0
+    for k in states[1]:
+        assert torch.allclose(states[0][k], states[1][k], rtol=1e-6, atol=0), k
 
 
 def test_statistics_are_per_channel_not_per_parameter() -> None:
@@ -179,7 +223,8 @@ def test_ties_are_broken_by_fisher_then_a_seeded_draw_never_by_index() -> None:
     with torch.no_grad():  # every hidden channel has the same norm: magnitude ties everywhere
         for p in model.parameters():
             p.fill_(0.5)
-    pruner = Pruner(model, components=WHOLE, example_inputs=(torch.randn(4, 2),), criterion="magnitude", physical=False)
+    pruner = Pruner(model, components=WHOLE, example_inputs=(torch.randn(4, 2),), criterion="magnitude", physical=False,
+                    every_n_updates=1)
     pruner.stats.needs = {"abs", "sq"}  # the fisher key is gathered here (bayes/fisher/grad gather it themselves)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     pruner.attach(opt, total_steps=10)

@@ -49,7 +49,8 @@ def _channel_norms(model: nn.Module) -> torch.Tensor:
 def test_group_lasso_is_a_proximal_shrink_after_the_step_whatever_the_optimizer(make_opt) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
-    pruner = Pruner(model, components={"model": ""}, example_inputs=(torch.randn(2, 3),), l1=0.5, l1_period=8, criterion="grad")
+    pruner = Pruner(model, components={"model": ""}, example_inputs=(torch.randn(2, 3),), l1=0.5, l1_period=8, criterion="grad",
+                    every_n_updates=1)
     opt = make_opt(model.parameters())
     pruner.attach(opt, total_steps=100)
     pruner.clock = 3
@@ -72,6 +73,27 @@ def test_group_lasso_is_a_proximal_shrink_after_the_step_whatever_the_optimizer(
     assert torch.all(pruner.stats.ema_abs == 0)
 
 
+def test_group_lasso_on_every_nth_update_shrinks_by_n_lambda() -> None:
+    """every_n_updates=2: updates 1 and 3 shrink each norm by 2 lambda(t), 2 and 4 leave the weights alone."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    pruner = Pruner(model, components={"model": ""}, example_inputs=(torch.randn(2, 3),), l1=0.05, l1_period=8, criterion="grad",
+                    every_n_updates=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    pruner.attach(opt, total_steps=100)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    norms = [_channel_norms(model).detach()]
+    for t in (3, 3, 4, 4):
+        pruner.clock = t
+        opt.step()
+        norms.append(_channel_norms(model).detach())
+    lam = lambda t: cosine_lambda(t, 0, 1, 8, 0.05)  # noqa: E731
+    assert torch.allclose(norms[1], norms[0] - 2 * lam(3), atol=1e-6)
+    assert torch.allclose(norms[3], norms[2] - 2 * lam(4), atol=1e-6)
+    assert torch.equal(norms[2], norms[1]) and torch.equal(norms[4], norms[3])
+
+
 def test_group_lasso_zeroes_a_small_channel_and_stops_after_the_last_event() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
@@ -81,7 +103,7 @@ def test_group_lasso_zeroes_a_small_channel_and_stops_after_the_last_event() -> 
         model[2].weight[:, 1] *= 1e-3
     pruner = Pruner(
         model, components={"model": ""}, example_inputs=(torch.randn(2, 3),), l1=0.5, l1_period=8, criterion="grad",
-        schedule="oneshot", start=5, sparsity=0.25,
+        schedule="oneshot", start=5, sparsity=0.25, every_n_updates=1,
     )
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     pruner.attach(opt, total_steps=100)
@@ -108,7 +130,7 @@ def test_pressure_off_by_default_and_budget_schedule_through_step() -> None:
     inputs = example_inputs(model)
     pruner = Pruner(
         model, components=COMPONENTS, example_inputs=inputs, forward_fn=rollout,
-        schedule="iterative", start=2, end=4, iterations=2, sparsity=0.5, budgets={"Q": 0.25},
+        schedule="iterative", start=2, end=4, iterations=2, sparsity=0.5, budgets={"Q": 0.25}, every_n_updates=1,
     )
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     pruner.attach(opt, total_steps=10)
@@ -130,7 +152,7 @@ def test_each_pressured_group_gets_its_own_phase_and_l1_zero_leaves_gradients_al
     T, lam_max = 40, 0.3
     model = LatentWorldModel()
     inputs = example_inputs(model)
-    pruner = Pruner(model, components=COMPONENTS, example_inputs=inputs, forward_fn=rollout, l1=lam_max, l1_period=T)
+    pruner = Pruner(model, components=COMPONENTS, example_inputs=inputs, forward_fn=rollout, l1=lam_max, l1_period=T, every_n_updates=1)
     pruner.attach(torch.optim.SGD(model.parameters(), lr=0.0), total_steps=100)
     pressured = pruner.lasso.pressured
     # coupling groups are protected by default, so they get no pressure; every component group does

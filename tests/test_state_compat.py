@@ -11,13 +11,15 @@ import copy
 import pathlib
 import sys
 
+import pytest
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from test_state import _make as make_pruned_world_model, _run  # noqa: E402  (one builder and loop for the state tests)
 
 DATA = pathlib.Path(__file__).parent / "data" / "pruner_state_v1.pt"
-OPTIONS = dict(criterion="bayes", sparsity=0.5, schedule="iterative", start=3, end=9, iterations=3, l1=1e-4, l1_period=4)
+# the options of the saved run; it observed every update (every_n_updates did not exist yet)
+OPTIONS = dict(criterion="bayes", sparsity=0.5, schedule="iterative", start=3, end=9, iterations=3, l1=1e-4, l1_period=4, every_n_updates=1)
 
 
 def _make(seed: int):
@@ -52,6 +54,13 @@ def test_a_state_saved_before_the_split_loads_and_continues_identically() -> Non
     assert pruner.history[-1] == saved["next_event"]
     for name, t in saved["final_model"].items():
         assert torch.allclose(model.state_dict()[name], t, atol=1e-6), name
+
+
+def test_a_state_from_before_every_n_updates_warns_when_loaded_at_another_rate() -> None:
+    saved = torch.load(DATA, weights_only=False)
+    _, pruner, _, _ = make_pruned_world_model(1, **{**OPTIONS, "every_n_updates": 4})
+    with pytest.warns(UserWarning, match="saved with every_n_updates=1.*build the pruner with every_n_updates=1"):
+        pruner.load_state_dict(saved["pruner"])
 
 
 if __name__ == "__main__" and "--write" in sys.argv:
