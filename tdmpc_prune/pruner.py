@@ -95,7 +95,7 @@ class Pruner:
     def attach(
         self, optimizers: Union[torch.optim.Optimizer, Sequence[torch.optim.Optimizer]], total_steps: Optional[int] = None, first_step: int = 0
     ) -> "Pruner":
-        """Collect statistics and apply the L1 pressure at every step of `optimizers`.
+        """Collect statistics and apply the L1 pressure from the steps of `optimizers` (every `every_n_updates`-th).
 
         `total_steps` is the run length in the units of the clock passed to `step()`; fractional
         `start`/`end`/`l1_period` options are fractions of the training span [first_step, total_steps]
