@@ -2,8 +2,8 @@
 
 1. TD-MPC2: builds our agent at the 5M preset (by default), fills a replay buffer with random
    transitions, and times `agent.update()` with the pruner attached (statistics from the optimizer
-   step + cosine group-lasso pressure) and detached, in `--pairs` pairs of single updates whose
-   order alternates (on/off, off/on, ...), so drift on a shared machine hits both alike. The ratio
+   step + cosine group-lasso pressure) and detached, in `--pairs` pairs of blocks of
+   `--every-n-updates` updates (each block holds one observed update) whose order alternates (on/off, off/on, ...), so drift on a shared machine hits both alike. The ratio
    is the median over pairs of on/off; its interquartile range says how well it is resolved. The
    pruner's hooks are also timed alone on real-sized gradients (`hook_ratio`).
 2. SB3 (default on): whole training runs with SB3's default hyper-parameters — PPO on CartPole-v1
@@ -14,7 +14,9 @@
    interquartile range) over pairs, for the thread's CPU time (one torch thread: the work done, not
    inflated by other load; the figure to trust on a loaded machine) and for wall time. The hooks
    are timed alone too (`hook_us` per optimizer step on the run's real gradients, and the share of
-   a run they make: `hook_share`).
+   a run they make: `hook_share`), averaged over blocks of `--every-n-updates` updates.
+
+The pruner runs at the library default `every_n_updates` unless `--every-n-updates` is given.
 
 The last line of output is JSON:
 
@@ -24,6 +26,7 @@ Targets: r <= 1.02 and SB3 whole-run ratios <= 1.02; statistics memory <= 1 % of
 
     python scripts/bench_overhead.py [--model-size 5] [--pairs 40] [--device cpu]
                                      [--repeats 4] [--ppo-steps 8192] [--sac-steps 2000] [--no-sb3] [--no-tdmpc2]
+                                     [--every-n-updates N]
 """
 from __future__ import annotations
 
