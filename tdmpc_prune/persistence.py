@@ -10,7 +10,6 @@ split into modules, `tests/data/pruner_state_v1.pt`).
 from __future__ import annotations
 
 import warnings
-
 from typing import TYPE_CHECKING, Any, Dict, Mapping
 
 import torch
