@@ -78,11 +78,11 @@ def pre_step_hook(pruner: "Pruner", index: int, ids: frozenset) -> Callable[...,
     def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if index == 0:
             pruner.updates += 1
-            if not observed(pruner):
-                return
+        if not observed(pruner):
+            return
+        if index == 0:
             stats.commit()  # the previous observed update is complete once the first optimizer steps again
-        if observed(pruner):
-            stats.accumulate(ids)
+        stats.accumulate(ids)
 
     return hook
 
