@@ -100,7 +100,10 @@ def grid(args: argparse.Namespace) -> None:
 
 
 def report(paths: List[str], out_dir: Path) -> None:
+    """Aggregate `paths` into `<out_dir>/<first CSV's stem>.md` (and one plot per task): the rliable
+    table, and the probability of improvement over magnitude, random and the method's `l1=0` ablation."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    name = Path(paths[0]).stem
     lines: List[str] = []
     summary: Dict[str, Any] = {}
     for algo, env, mine in results.by_task(paths):
@@ -111,10 +114,10 @@ def report(paths: List[str], out_dir: Path) -> None:
         title = (f"### {algo.upper()} {env}, pruned while training: IQM of the dense-normalised return "
                  "(R - R_random) / (R_dense - R_random), same seed; 95 % CI")
         label = lambda r: f"{r['criterion']} l1={float(r['l1']):g}"  # noqa: E731
-        part, summary[f"{algo}/{env}"] = results.section(pruned, dense, label, ORDER, title, out_dir / f"during_training_{algo}_{env}.png",
-                                                         references=("magnitude l1=0", "random l1=0"))
+        part, summary[f"{algo}/{env}"] = results.section(pruned, dense, label, ORDER, title, out_dir / f"{name}_{algo}_{env}.png",
+                                                         references=("magnitude l1=0", "random l1=0", "bayes l1=0"))
         lines += part
-    results.write_report(lines, summary, out_dir / "during_training.md")
+    results.write_report(lines, summary, out_dir / f"{name}.md")
 
 
 def main(argv: Optional[List[str]] = None) -> None:

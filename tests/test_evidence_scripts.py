@@ -104,6 +104,9 @@ def test_during_training_grid_rows_and_rerun(tmp_path, capsys) -> None:
     compare_sb3.main(["--report", str(csv_path), "--out", str(tmp_path)])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(summary["ppo/HalfCheetah-v5"]) == {"bayes l1=0", "bayes l1=1e-05", "random l1=0"}
+    report_md = (tmp_path / "during.md").read_text()  # named after the CSV, so two grids' reports never overwrite each other
+    assert "P(row > random l1=0)" in report_md and "P(row > bayes l1=0)" in report_md
+    assert (tmp_path / "during_ppo_HalfCheetah-v5.png").exists()
 
 
 # ------------------------------------------------------------------------------------ TD-MPC2
