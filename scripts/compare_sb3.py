@@ -99,9 +99,14 @@ def grid(args: argparse.Namespace) -> None:
     results.print_last(last)
 
 
+def ablations(rows: List[Dict[str, str]]) -> List[str]:
+    """The `l1=0` label of every criterion that also ran with the group lasso (its ablation)."""
+    return sorted({f"{r['criterion']} l1=0" for r in rows if float(r["l1"]) > 0})
+
+
 def report(paths: List[str], out_dir: Path) -> None:
     """Aggregate `paths` into `<out_dir>/<first CSV's stem>.md` (and one plot per task): the rliable
-    table, and the probability of improvement over magnitude, random and the method's `l1=0` ablation."""
+    table, and the probability of improvement over magnitude, random and each lassoed criterion's `l1=0` ablation."""
     out_dir.mkdir(parents=True, exist_ok=True)
     name = Path(paths[0]).stem
     lines: List[str] = []
@@ -115,7 +120,7 @@ def report(paths: List[str], out_dir: Path) -> None:
                  "(R - R_random) / (R_dense - R_random), same seed; 95 % CI")
         label = lambda r: f"{r['criterion']} l1={float(r['l1']):g}"  # noqa: E731
         part, summary[f"{algo}/{env}"] = results.section(pruned, dense, label, ORDER, title, out_dir / f"{name}_{algo}_{env}.png",
-                                                         references=("magnitude l1=0", "random l1=0", "bayes l1=0"))
+                                                         references=("magnitude l1=0", "random l1=0", *ablations(pruned)))
         lines += part
     results.write_report(lines, summary, out_dir / f"{name}.md")
 
