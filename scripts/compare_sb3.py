@@ -120,7 +120,7 @@ def report(paths: List[str], out_dir: Path) -> None:
                  "(R - R_random) / (R_dense - R_random), same seed; 95 % CI")
         label = lambda r: f"{r['criterion']} l1={float(r['l1']):g}"  # noqa: E731
         part, summary[f"{algo}/{env}"] = results.section(pruned, dense, label, ORDER, title, out_dir / f"{name}_{algo}_{env}.png",
-                                                         references=("magnitude l1=0", "random l1=0", *ablations(pruned)))
+                                                         references=tuple(dict.fromkeys(("magnitude l1=0", "random l1=0", *ablations(pruned)))))
         lines += part
     results.write_report(lines, summary, out_dir / f"{name}.md")
 
