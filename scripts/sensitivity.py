@@ -35,7 +35,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -176,7 +178,37 @@ def report(paths: List[str], out_dir: Path) -> None:
                 sub, dense, lambda r: r["criterion"], CRITERIA, title, out_dir / f"sensitivity_{algo}_{env}_{protocol}.png"
             )
             lines += part
+        if any(r["protocol"] == "finetune" for r in mine):
+            part, summary[f"{algo}/{env}/finetune_diagnostics"] = finetune_diagnostics(mine, dense_of["dense"])
+            lines += part
     results.write_report(lines, summary, out_dir / "sensitivity.md")
+
+
+def finetune_diagnostics(rows: List[Dict[str, str]], dense: Dict[int, float]) -> Tuple[List[str], Dict[str, Any]]:
+    """What decides a fine-tuned cell: its one-shot start (Spearman over paired cells) or the seed vs the criterion."""
+    from scipy.stats import spearmanr
+
+    floor = results.RANDOM_RETURN.get(str(rows[0]["env"]), 0.0)
+    norm = {p: {(r["criterion"], float(r["sparsity"]), int(r["seed"])): results.normalise(float(r["eval_return"]), dense[int(r["seed"])], floor)
+                for r in rows if r["protocol"] == p and int(r["seed"]) in dense} for p in ("oneshot", "finetune")}
+    lines = ["**finetune diagnostics** (dense-normalised returns of paired cells; variances of the per-seed and the per-criterion means)", "",
+             "| sparsity | cells | Spearman(oneshot, finetune) | var of seed means | var of criterion means |", "|---|---|---|---|---|"]
+    out: Dict[str, Any] = {}
+    for s in sorted({k[1] for k in norm["finetune"]}):
+        keys = sorted(k for k in norm["finetune"] if k[1] == s and k in norm["oneshot"])
+        ft = np.array([norm["finetune"][k] for k in keys])
+        rho = float(spearmanr([norm["oneshot"][k] for k in keys], ft)[0]) if len(keys) > 2 else float("nan")
+        var = {}
+        for axis, idx in (("seed", 2), ("criterion", 0)):
+            groups = {k[idx] for k in keys}
+            var[axis] = float(np.var([ft[[k[idx] == g for k in keys]].mean() for g in groups], ddof=1)) if len(groups) > 1 else float("nan")
+        out[f"{s:g}"] = dict(cells=len(keys), spearman=rho, var_seed_means=var["seed"], var_criterion_means=var["criterion"])
+        lines.append(f"| {s:.0%} | {len(keys)} | {rho:.2f} | {var['seed']:.3f} | {var['criterion']:.3f} |")
+    pairs = [(c, seed) for (c, s, seed) in norm["finetune"] if s == 0.5 and (c, 0.75, seed) in norm["finetune"]]
+    below = sum(norm["finetune"][(c, 0.5, seed)] < norm["finetune"][(c, 0.75, seed)] for c, seed in pairs)
+    out["finetune_50_below_75"] = [below, len(pairs)]
+    lines += ["", f"Fine-tuned 50 % below fine-tuned 75 % in {below} of {len(pairs)} (criterion, seed) pairs.", ""]
+    return lines, out
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -49,7 +49,9 @@ def test_sensitivity_rows_resume_and_rerun_from_their_command(tmp_path, capsys) 
     # the report aggregates with rliable and writes the table and plots
     sensitivity.main(["--report", str(csv_path), "--out", str(tmp_path)])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(summary) == {"ppo/HalfCheetah-v5/oneshot", "ppo/HalfCheetah-v5/compensated", "ppo/HalfCheetah-v5/finetune"}
+    assert set(summary) == {"ppo/HalfCheetah-v5/oneshot", "ppo/HalfCheetah-v5/compensated", "ppo/HalfCheetah-v5/finetune",
+                            "ppo/HalfCheetah-v5/finetune_diagnostics"}
+    assert summary["ppo/HalfCheetah-v5/finetune_diagnostics"]["0.9"]["cells"] == 2
     assert "IQM" in (tmp_path / "sensitivity.md").read_text()
     assert (tmp_path / "sensitivity_ppo_HalfCheetah-v5_oneshot.png").stat().st_size > 0
 
@@ -61,6 +63,25 @@ def test_sensitivity_rows_resume_and_rerun_from_their_command(tmp_path, capsys) 
     assert set(layers) == {f"mlp_extractor.{n}.{i}" for n in ("policy_net", "value_net") for i in (0, 2)}
     for r in layers.values():
         assert set(r["spearman_vs_damage"]) == set(analyse_criteria.CRITERIA) and r["width"] == 64
+
+
+def test_finetune_diagnostics_separate_the_start_the_seed_and_the_criterion() -> None:
+    # fine-tuned = one-shot + a seed effect (large) + a criterion effect (small): a perfect rank
+    # correlation at 50 %, none at 75 % (fine-tuned constant per seed), seed variance above criterion's
+    seed_fx, crit_fx = {0: 0.0, 1: 0.4, 2: 0.8}, {"bayes": 0.05, "magnitude": 0.0}
+    rows, dense = [], {s: 1000.0 for s in seed_fx}
+    for s in seed_fx:
+        for c in crit_fx:
+            for sp, one in ((0.5, 0.1 * s + crit_fx[c]), (0.75, 0.3 - 0.1 * s)):
+                ft = (one + seed_fx[s] + crit_fx[c]) if sp == 0.5 else (0.9 + seed_fx[s])
+                for protocol, v in (("oneshot", one), ("finetune", ft)):
+                    ret = -280.178953 + v * (1000.0 + 280.178953)  # dense-normalised score v
+                    rows.append(dict(env="HalfCheetah-v5", criterion=c, sparsity=str(sp), seed=str(s), protocol=protocol, eval_return=str(ret)))
+    lines, out = sensitivity.finetune_diagnostics(rows, dense)
+    assert out["0.5"]["cells"] == 6 and out["0.5"]["spearman"] == pytest.approx(1.0)
+    assert out["0.5"]["var_seed_means"] > 10 * out["0.5"]["var_criterion_means"]
+    assert out["0.75"]["var_criterion_means"] == pytest.approx(0.0, abs=1e-12)
+    assert out["finetune_50_below_75"] == [6, 6] and any("6 of 6" in line for line in lines)
 
 
 def test_iqm_intervals_come_from_rliable() -> None:
