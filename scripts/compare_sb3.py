@@ -104,16 +104,30 @@ def ablations(rows: List[Dict[str, str]]) -> List[str]:
     return sorted({f"{r['criterion']} l1=0" for r in rows if float(r["l1"]) > 0})
 
 
-def report(paths: List[str], out_dir: Path) -> None:
+def dense_twins(paths: List[str]) -> Dict[Tuple[str, str], Dict[int, float]]:
+    """Dense returns by (algo, env) and seed from other grids' CSVs: the sensitivity grid's observed
+    agents train exactly as dense ones (observing changes no weight; tests/test_evidence_scripts.py)."""
+    out: Dict[Tuple[str, str], Dict[int, float]] = {}
+    for algo, env, rows in results.by_task(paths):
+        out[(algo, env)] = {int(r["seed"]): float(r["eval_return"]) for r in rows if r["criterion"] == "dense" and r["protocol"] == "dense"}
+    return out
+
+
+def report(paths: List[str], out_dir: Path, dense_from: Optional[List[str]] = None) -> None:
     """Aggregate `paths` into `<out_dir>/<first CSV's stem>.md` (and one plot per task): the rliable
-    table, and the probability of improvement over magnitude, random and each lassoed criterion's `l1=0` ablation."""
+    table, and the probability of improvement over magnitude, random and each lassoed criterion's `l1=0` ablation.
+    Seeds without a dense row of their own take their dense twin from the `dense_from` CSVs."""
     out_dir.mkdir(parents=True, exist_ok=True)
     name = Path(paths[0]).stem
+    twins = dense_twins(dense_from or [])
     lines: List[str] = []
     summary: Dict[str, Any] = {}
     for algo, env, mine in results.by_task(paths):
         dense = {int(r["seed"]): float(r["eval_return"]) for r in mine if r["criterion"] == "dense"}
         pruned = [r for r in mine if r["criterion"] != "dense"]
+        seeds = {int(r["seed"]) for r in pruned}
+        borrowed = {s: v for s, v in twins.get((algo, env), {}).items() if s not in dense and s in seeds}
+        dense.update(borrowed)
         if not dense or not pruned:
             continue
         title = (f"### {algo.upper()} {env}, pruned while training: IQM of the dense-normalised return "
@@ -121,6 +135,9 @@ def report(paths: List[str], out_dir: Path) -> None:
         label = lambda r: f"{r['criterion']} l1={float(r['l1']):g}"  # noqa: E731
         part, summary[f"{algo}/{env}"] = results.section(pruned, dense, label, ORDER, title, out_dir / f"{name}_{algo}_{env}.png",
                                                          references=tuple(dict.fromkeys(("magnitude l1=0", "random l1=0", *ablations(pruned)))))
+        if borrowed:
+            part += [f"Dense twins of seeds {', '.join(map(str, sorted(borrowed)))} from {', '.join(dense_from or [])} "
+                     "(observed dense agents, trained exactly as dense).", ""]
         lines += part
     results.write_report(lines, summary, out_dir / f"{name}.md")
 
@@ -144,10 +161,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--logdir", default=str(Path(tempfile.gettempdir()) / "tdmpc_prune_compare_sb3"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report", nargs="*", default=None, help="CSV files to aggregate (no training)")
+    ap.add_argument("--dense-from", nargs="*", default=None,
+                    help="report: dense twins for seeds without a dense row, from a sensitivity CSV (its observed dense agents)")
     ap.add_argument("--out", default=str(ROOT / "docs"))
     args = ap.parse_args(argv)
     if args.report is not None:
-        report(args.report, Path(args.out))
+        report(args.report, Path(args.out), args.dense_from)
         return
     args.steps = args.steps or sb3_tasks.default_steps(args.algo)
     import torch

@@ -84,6 +84,28 @@ def test_finetune_diagnostics_separate_the_start_the_seed_and_the_criterion() ->
     assert out["finetune_50_below_75"] == [6, 6] and any("6 of 6" in line for line in lines)
 
 
+@pytest.mark.parametrize("algo,steps", [("ppo", 4096), ("sac", 300)])
+def test_observe_only_training_is_the_dense_training(algo: str, steps: int) -> None:
+    # the sensitivity grid's observed agents serve as the during-training grid's dense twins (`--dense-from`):
+    # observing (statistics only) must leave the trained weights and the evaluation bit-for-bit unchanged
+    import torch
+
+    import sb3_tasks
+    from tdmpc_prune.sb3 import wrap
+
+    trained = {}
+    for observed in (False, True):
+        torch.manual_seed(0)
+        model, venv = sb3_tasks.make_model(algo, "HalfCheetah-v5", 0)
+        if observed:
+            model = wrap(model, **sensitivity.OBSERVER)
+        model.learn(steps)
+        trained[observed] = ({k: v.clone() for k, v in model.policy.state_dict().items()}, sb3_tasks.evaluate(model, "HalfCheetah-v5", 0, venv, 1))
+    (dense_w, dense_ret), (obs_w, obs_ret) = trained[False], trained[True]
+    assert dense_w.keys() == obs_w.keys() and all(torch.equal(dense_w[k], obs_w[k]) for k in dense_w)
+    assert obs_ret == dense_ret
+
+
 def test_iqm_intervals_come_from_rliable() -> None:
     import numpy as np
 
@@ -128,6 +150,17 @@ def test_during_training_grid_rows_and_rerun(tmp_path, capsys) -> None:
     report_md = (tmp_path / "during.md").read_text()  # named after the CSV, so two grids' reports never overwrite each other
     assert "P(row > random l1=0)" in report_md and "P(row > bayes l1=0)" in report_md
     assert (tmp_path / "during_ppo_HalfCheetah-v5.png").exists()
+
+    # the same grid without its dense row, the dense twin taken from a sensitivity CSV instead: the same report
+    pruned_only, twin_csv = tmp_path / "pruned_only.csv", tmp_path / "sens.csv"
+    for r in rows:
+        if r["criterion"] != "dense":
+            results.append(pruned_only, r)
+    results.append(twin_csv, {**rows[0], "protocol": "dense"})
+    results.append(twin_csv, {**rows[0], "seed": "1", "protocol": "dense", "eval_return": "-1e9"})  # a seed the grid lacks: unused
+    compare_sb3.main(["--report", str(pruned_only), "--out", str(tmp_path), "--dense-from", str(twin_csv)])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
+    assert "Dense twins of seeds 0 from" in (tmp_path / "pruned_only.md").read_text()
 
 
 # ------------------------------------------------------------------------------------ TD-MPC2
