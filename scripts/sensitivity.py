@@ -10,6 +10,7 @@ one-shot (physically) and evaluated with deterministic actions:
 * `compensated`  as is, with each removed channel's mean activation (over 2000 on-policy
                  observations) folded into the next layer's bias (`compensate=True`);
 * `finetune`     after a short fine-tune (`--finetune` of the training steps, default 5 %).
+* `finetune_explore` (PPO, opt-in: name it in `--protocols`) the same with the action log-std reset to 0 first.
 
 One training run per seed serves every cell.  Rows go to `--csv` as they finish (the grid resumes
 from it: rows already there are skipped, the dense checkpoints are reused from `--workdir`).
@@ -50,6 +51,10 @@ import tdmpc2_tasks  # noqa: E402
 CRITERIA = ["grad", "fisher", "bayes", "combined", "taylor", "magnitude", "random"]
 SPARSITIES = [0.5, 0.75, 0.9, 0.95]
 PROTOCOLS = ["dense", "oneshot", "compensated", "finetune"]  # SB3; TD-MPC2: tdmpc2_tasks.PROTOCOLS
+# opt-in (never in the default list): `finetune_explore` resets PPO's action log-std to 0 (std 1, as
+# PPO starts training) before the fine-tune, to test whether a trained policy's shrunken exploration
+# is what keeps a fine-tune near where pruning left it
+OPT_IN = {"ppo": ["finetune_explore"]}
 # every update observed (every_n_updates=1), as when the committed results were measured
 OBSERVER = dict(criterion="bayes", sparsity=0.0, observe=["all"], l1=0.0, heatmap=False, log_freq=10**9, every_n_updates=1)
 
@@ -63,7 +68,13 @@ def parse_seeds(text: str) -> List[int]:
 
 
 def protocols_of(algo: str) -> List[str]:
+    """The default protocols of `algo`."""
     return tdmpc2_tasks.PROTOCOLS if algo == "tdmpc2" else PROTOCOLS
+
+
+def known_protocols(algo: str) -> List[str]:
+    """The default protocols of `algo` and its opt-in ones."""
+    return protocols_of(algo) + OPT_IN.get(algo, [])
 
 
 def dense_protocol(protocol: str) -> str:
@@ -97,11 +108,14 @@ def train_dense(args: argparse.Namespace, seed: int, say) -> float:
 
 
 def run_cell(args: argparse.Namespace, seed: int, criterion: str, sparsity: float, protocol: str, say) -> Dict[str, Any]:
+    import torch
+
     from tdmpc_prune.sb3 import get_pruner
 
     path = dense_dir(args, seed)
     t0 = time.time()
-    model, venv = sb3_tasks.load(args.algo, args.env, seed, path, training=(protocol == "finetune"))
+    finetune = protocol.startswith("finetune")
+    model, venv = sb3_tasks.load(args.algo, args.env, seed, path, training=finetune)
     info: Dict[str, Any] = {}
     if protocol != "dense":
         pruner = get_pruner(model)  # the observer, with every criterion's statistics of the whole run
@@ -111,7 +125,10 @@ def run_cell(args: argparse.Namespace, seed: int, criterion: str, sparsity: floa
             sb3_tasks.calibrate(model, sb3_tasks.observations(model, args.env, seed, venv, args.calibration))
         report = pruner.prune_to(sparsity=sparsity)
         info = {"params_ratio": report["params_ratio"], "flops_ratio": report.get("flops_ratio")}
-        if protocol == "finetune":
+        if finetune:
+            if protocol == "finetune_explore":
+                with torch.no_grad():
+                    model.policy.log_std.zero_()
             steps = int(round(args.finetune * args.steps))
             model.learn(steps, reset_num_timesteps=False)
             info["finetune_steps"] = steps
@@ -169,7 +186,7 @@ def report(paths: List[str], out_dir: Path) -> None:
         if not dense_of["dense"]:
             continue
         lines += [f"### {algo.upper()} {env}: {len(dense_of['dense'])} dense seeds", ""]
-        for protocol in [p for p in protocols_of(algo) if not p.startswith("dense") and any(r["protocol"] == p for r in mine)]:
+        for protocol in [p for p in known_protocols(algo) if not p.startswith("dense") and any(r["protocol"] == p for r in mine)]:
             dense = dense_of[dense_protocol(protocol)]
             title = (f"**{protocol}**: IQM over seeds of the dense-normalised return (R - R_random) / (R_dense - R_random), "
                      "same seed; 95 % stratified-bootstrap CI")
@@ -236,8 +253,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         return
     args.protocols = args.protocols or protocols_of(args.algo)
     for p in args.protocols:
-        if p not in protocols_of(args.algo):
-            raise SystemExit(f"unknown protocol {p!r} for {args.algo}; choose from {', '.join(protocols_of(args.algo))}")
+        if p not in known_protocols(args.algo):
+            raise SystemExit(f"unknown protocol {p!r} for {args.algo}; choose from {', '.join(known_protocols(args.algo))}")
     for c in args.criteria:
         if c not in CRITERIA:
             raise SystemExit(f"unknown criterion {c!r}; choose from {', '.join(CRITERIA)}")

@@ -65,6 +65,18 @@ def test_sensitivity_rows_resume_and_rerun_from_their_command(tmp_path, capsys) 
         assert set(r["spearman_vs_damage"]) == set(analyse_criteria.CRITERIA) and r["width"] == 64
 
 
+def test_finetune_explore_is_opt_in_and_changes_the_fine_tune(tmp_path, capsys) -> None:
+    csv_path = tmp_path / "sens.csv"
+    base = TINY + ["--criteria", "magnitude", "--sparsities", "0.5", "--finetune", "0.5", "--workdir", str(tmp_path / "w"), "--csv", str(csv_path)]
+    sensitivity.main(base + ["--protocols", "dense,finetune,finetune_explore"])
+    rows = {r["protocol"]: r for r in results.read(csv_path)}
+    assert set(rows) == {"dense", "finetune", "finetune_explore"} and "finetune_explore" not in sensitivity.protocols_of("ppo")
+    assert rows["finetune"]["eval_return"] != rows["finetune_explore"]["eval_return"]  # std 1 instead of the trained one
+    assert "--protocols finetune_explore" in rows["finetune_explore"]["command"]
+    with pytest.raises(SystemExit, match="finetune_explore"):
+        sensitivity.main(base + ["--protocols", "finetune_explor"])  # a typo names the protocols there are
+
+
 def test_finetune_diagnostics_separate_the_start_the_seed_and_the_criterion() -> None:
     # fine-tuned = one-shot + a seed effect (large) + a criterion effect (small): a perfect rank
     # correlation at 50 %, none at 75 % (fine-tuned constant per seed), seed variance above criterion's
