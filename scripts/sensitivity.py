@@ -195,21 +195,22 @@ def report(paths: List[str], out_dir: Path) -> None:
                 sub, dense, lambda r: r["criterion"], CRITERIA, title, out_dir / f"sensitivity_{algo}_{env}_{protocol}.png"
             )
             lines += part
-        if any(r["protocol"] == "finetune" for r in mine):
-            part, summary[f"{algo}/{env}/finetune_diagnostics"] = finetune_diagnostics(mine, dense_of["dense"])
+        for protocol in [p for p in ("finetune", "finetune_explore") if any(r["protocol"] == p for r in mine)]:
+            part, summary[f"{algo}/{env}/{protocol}_diagnostics"] = finetune_diagnostics(mine, dense_of["dense"], protocol)
             lines += part
     results.write_report(lines, summary, out_dir / "sensitivity.md")
 
 
-def finetune_diagnostics(rows: List[Dict[str, str]], dense: Dict[int, float]) -> Tuple[List[str], Dict[str, Any]]:
-    """What decides a fine-tuned cell: its one-shot start (Spearman over paired cells) or the seed vs the criterion."""
+def finetune_diagnostics(rows: List[Dict[str, str]], dense: Dict[int, float], protocol: str = "finetune") -> Tuple[List[str], Dict[str, Any]]:
+    """What decides a fine-tuned (`protocol`) cell: its one-shot start (Spearman over paired cells) or the seed vs the criterion."""
     from scipy.stats import spearmanr
 
     floor = results.RANDOM_RETURN.get(str(rows[0]["env"]), 0.0)
     norm = {p: {(r["criterion"], float(r["sparsity"]), int(r["seed"])): results.normalise(float(r["eval_return"]), dense[int(r["seed"])], floor)
-                for r in rows if r["protocol"] == p and int(r["seed"]) in dense} for p in ("oneshot", "finetune")}
-    lines = ["**finetune diagnostics** (dense-normalised returns of paired cells; variances of the per-seed and the per-criterion means)", "",
-             "| sparsity | cells | Spearman(oneshot, finetune) | var of seed means | var of criterion means |", "|---|---|---|---|---|"]
+                for r in rows if r["protocol"] == p and int(r["seed"]) in dense} for p in ("oneshot", protocol)}
+    norm["finetune"] = norm.pop(protocol)
+    lines = [f"**{protocol} diagnostics** (dense-normalised returns of paired cells; variances of the per-seed and the per-criterion means)", "",
+             f"| sparsity | cells | Spearman(oneshot, {protocol}) | var of seed means | var of criterion means |", "|---|---|---|---|---|"]
     out: Dict[str, Any] = {}
     for s in sorted({k[1] for k in norm["finetune"]}):
         keys = sorted(k for k in norm["finetune"] if k[1] == s and k in norm["oneshot"])
