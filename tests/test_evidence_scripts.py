@@ -65,6 +65,18 @@ def test_sensitivity_rows_resume_and_rerun_from_their_command(tmp_path, capsys) 
         assert set(r["spearman_vs_damage"]) == set(analyse_criteria.CRITERIA) and r["width"] == 64
 
 
+def test_sac_sensitivity_runs_every_protocol(tmp_path, capsys) -> None:
+    # SAC's 10k random steps before learning (rl-zoo3's MuJoCo setting), then 400 updates
+    csv_path = tmp_path / "sac.csv"
+    sensitivity.main(["--algo", "sac", "--env", "HalfCheetah-v5", "--steps", "10400", "--seeds", "0", "--episodes", "1", "--calibration", "64",
+                      "--criteria", "fisher,magnitude", "--sparsities", "0.75", "--finetune", "0.02", "--workdir", str(tmp_path / "w"), "--csv", str(csv_path)])
+    rows = results.read(csv_path)
+    assert [(r["protocol"], r["criterion"]) for r in rows] == [("dense", "dense")] + [
+        (p, c) for p in ("oneshot", "compensated", "finetune") for c in ("fisher", "magnitude")]
+    assert all(r["algo"] == "sac" and "--algo sac" in r["command"] for r in rows)
+    assert len({r["eval_return"] for r in rows}) == len(rows)  # each cell is its own policy
+
+
 def test_finetune_explore_is_opt_in_and_changes_the_fine_tune(tmp_path, capsys) -> None:
     csv_path = tmp_path / "sens.csv"
     base = TINY + ["--criteria", "magnitude", "--sparsities", "0.5", "--finetune", "0.5", "--workdir", str(tmp_path / "w"), "--csv", str(csv_path)]
@@ -96,24 +108,26 @@ def test_finetune_diagnostics_separate_the_start_the_seed_and_the_criterion() ->
     assert out["finetune_50_below_75"] == [6, 6] and any("6 of 6" in line for line in lines)
 
 
-@pytest.mark.parametrize("algo,steps", [("ppo", 4096), ("sac", 300)])
+@pytest.mark.parametrize("algo,steps", [("ppo", 4096), ("sac", 400)])
 def test_observe_only_training_is_the_dense_training(algo: str, steps: int) -> None:
     # the sensitivity grid's observed agents serve as the during-training grid's dense twins (`--dense-from`):
     # observing (statistics only) must leave the trained weights and the evaluation bit-for-bit unchanged
     import torch
 
     import sb3_tasks
-    from tdmpc_prune.sb3 import wrap
+    from tdmpc_prune.sb3 import get_pruner, wrap
 
     trained = {}
     for observed in (False, True):
         torch.manual_seed(0)
         model, venv = sb3_tasks.make_model(algo, "HalfCheetah-v5", 0)
+        model.learning_starts = min(getattr(model, "learning_starts", 0), 100)  # SAC: 300 real updates, not none
         if observed:
             model = wrap(model, **sensitivity.OBSERVER)
         model.learn(steps)
         trained[observed] = ({k: v.clone() for k, v in model.policy.state_dict().items()}, sb3_tasks.evaluate(model, "HalfCheetah-v5", 0, venv, 1))
     (dense_w, dense_ret), (obs_w, obs_ret) = trained[False], trained[True]
+    assert get_pruner(model).observed()  # the observer saw real gradients
     assert dense_w.keys() == obs_w.keys() and all(torch.equal(dense_w[k], obs_w[k]) for k in dense_w)
     assert obs_ret == dense_ret
 
