@@ -66,14 +66,20 @@ def default_steps(algo: str) -> int:
     return PPO_STEPS if algo == "ppo" else SAC_STEPS
 
 
+REPLAY_BUFFER = "replay_buffer.pkl"
+
+
 def save(model: Any, venv: Any, path: Path) -> None:
-    """model.zip (+ vecnormalize.pkl when the env normalises), written atomically enough: a checkpoint
-    directory is complete once model.zip exists, which is written last."""
+    """model.zip (+ vecnormalize.pkl when the env normalises, + the replay buffer of an off-policy
+    agent), written atomically enough: a checkpoint directory is complete once model.zip exists,
+    which is written last."""
     from stable_baselines3.common.vec_env import VecNormalize
 
     path.mkdir(parents=True, exist_ok=True)
     if isinstance(venv, VecNormalize):
         venv.save(str(path / "vecnormalize.pkl"))
+    if getattr(model, "replay_buffer", None) is not None:  # SAC: a fine-tune continues from it
+        model.save_replay_buffer(str(path / REPLAY_BUFFER))
     tmp = path / "model.tmp.zip"
     model.save(str(tmp))
     os.replace(tmp, path / "model.zip")
@@ -91,7 +97,24 @@ def load(algo: str, env_id: str, seed: int, path: Path, training: bool) -> Tuple
         venv = VecNormalize.load(str(path / "vecnormalize.pkl"), venv)
         venv.training = training
     model = load_pruned(str(path / "model.zip"), env=venv, device="cpu")
+    if training and hasattr(model, "replay_buffer"):
+        load_replay_buffer(model, path)
     return model, venv
+
+
+def load_replay_buffer(model: Any, path: Path) -> None:
+    """Give an off-policy agent that will train on the replay buffer of the run that wrote `path`.
+
+    Continuing SAC with an empty buffer is not a short fine-tune: its first updates would fit a few
+    transitions sampled hundreds of times each.  The buffer is not committed with the checkpoints
+    (~170 MB a SAC agent), so a checkpoint copied without it cannot be fine-tuned."""
+    buffer = path / REPLAY_BUFFER
+    if not buffer.exists():
+        raise SystemExit(f"{buffer} is missing: the fine-tune continues from the dense run's replay buffer, "
+                         f"which is saved only where that run trained; copy it from there, train the dense agent "
+                         f"again in a new --workdir, or run only the protocols that need no training "
+                         f"(--protocols dense,oneshot,compensated)")
+    model.load_replay_buffer(str(buffer))
 
 
 def evaluation_env(env_id: str, seed: int, train_env: Any) -> Any:

@@ -156,8 +156,8 @@ def grid(args: argparse.Namespace) -> None:
     done = results.done(csv_path) if csv_path else set()
     commit = results.commit_of(ROOT)
     last: Optional[Dict[str, Any]] = None
-    for protocol in args.protocols:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seed-major: a grid cut short leaves whole seeds, and each dense agent is needed once
+        for protocol in args.protocols:
             dense = protocol.startswith("dense")
             cells = [("dense", 0.0)] if dense else [(c, s) for s in args.sparsities for c in args.criteria]
             for criterion, sparsity in cells:

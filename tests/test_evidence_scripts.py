@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import results  # noqa: E402
+import sb3_tasks  # noqa: E402
 import sensitivity  # noqa: E402
 
 TINY = ["--algo", "ppo", "--env", "HalfCheetah-v5", "--steps", "2048", "--seeds", "0", "--episodes", "1", "--calibration", "64"]
@@ -75,6 +76,14 @@ def test_sac_sensitivity_runs_every_protocol(tmp_path, capsys) -> None:
         (p, c) for p in ("oneshot", "compensated", "finetune") for c in ("fisher", "magnitude")]
     assert all(r["algo"] == "sac" and "--algo sac" in r["command"] for r in rows)
     assert len({r["eval_return"] for r in rows}) == len(rows)  # each cell is its own policy
+    dense = tmp_path / "w" / "sac-HalfCheetah-v5-s0-10400" / "dense"
+    model, _ = sb3_tasks.load("sac", "HalfCheetah-v5", 0, dense, training=True)
+    assert model.replay_buffer.size() == 10400  # the fine-tune continues from the dense run's buffer
+    (dense / sb3_tasks.REPLAY_BUFFER).unlink()
+    assert sb3_tasks.load("sac", "HalfCheetah-v5", 0, dense, training=False)[0].replay_buffer.size() == 0
+    with pytest.raises(SystemExit, match="replay_buffer.pkl is missing.*--protocols dense,oneshot,compensated"):
+        sensitivity.main(["--algo", "sac", "--env", "HalfCheetah-v5", "--steps", "10400", "--seeds", "0", "--criteria", "fisher",
+                          "--sparsities", "0.5", "--protocols", "finetune", "--workdir", str(tmp_path / "w"), "--csv", str(csv_path)])
 
 
 def test_finetune_explore_is_opt_in_and_changes_the_fine_tune(tmp_path, capsys) -> None:
