@@ -45,6 +45,11 @@ def cells(args: argparse.Namespace) -> List[Tuple[str, float, float]]:
     return list(dict.fromkeys(out))
 
 
+def runs(args: argparse.Namespace) -> List[Tuple[int, str, float, float]]:
+    """(seed, criterion, sparsity, l1) in the order they run: seed-major, so a grid cut short leaves whole seeds."""
+    return [(seed, *cell) for seed in args.seeds for cell in cells(args) if not (cell[0] == "dense" and args.no_dense)]
+
+
 def run_one(args: argparse.Namespace, seed: int, criterion: str, sparsity: float, l1: float) -> Dict[str, Any]:
     import torch as th
 
@@ -86,10 +91,7 @@ def grid(args: argparse.Namespace) -> None:
     commit = results.commit_of(ROOT)
     algo = args.algo + ("-zoo" if args.zoo else "")
     last: Optional[Dict[str, Any]] = None
-    todo = [(seed, *cell) for cell in cells(args) for seed in args.seeds]
-    for seed, criterion, sparsity, l1 in todo:
-        if criterion == "dense" and args.no_dense:
-            continue
+    for seed, criterion, sparsity, l1 in runs(args):
         row = dict(algo=algo, env=args.env, criterion=criterion, sparsity=sparsity, seed=seed, l1=l1, protocol="during")
         if results.key(row) in done:
             continue

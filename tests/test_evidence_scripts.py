@@ -163,6 +163,18 @@ def test_reports_give_the_probability_of_improvement_over_each_baseline() -> Non
     assert results.improvement_table(rows, dense, lambda r: r["criterion"], [0.5], "taylor") == []  # no such baseline
 
 
+def test_during_training_grid_runs_seed_by_seed() -> None:
+    import argparse
+
+    import compare_sb3
+
+    args = argparse.Namespace(seeds=[4, 5], sparsities=[0.9], method=["bayes"], l1s=[0.0, 1e-5], baselines=["random"], no_dense=True)
+    assert compare_sb3.runs(args) == [(4, "bayes", 0.9, 0.0), (4, "bayes", 0.9, 1e-5), (4, "random", 0.9, 0.0),
+                                      (5, "bayes", 0.9, 0.0), (5, "bayes", 0.9, 1e-5), (5, "random", 0.9, 0.0)]
+    args.no_dense = False
+    assert [r[:2] for r in compare_sb3.runs(args)][::4] == [(4, "dense"), (5, "dense")]
+
+
 def test_during_training_grid_rows_and_rerun(tmp_path, capsys) -> None:
     import compare_sb3
 
