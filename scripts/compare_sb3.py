@@ -115,16 +115,18 @@ def dense_twins(paths: List[str]) -> Dict[Tuple[str, str], Dict[int, float]]:
     return out
 
 
-def report(paths: List[str], out_dir: Path, dense_from: Optional[List[str]] = None) -> None:
+def report(paths: List[str], out_dir: Path, dense_from: Optional[List[str]] = None, seeds: Optional[List[int]] = None) -> None:
     """Aggregate `paths` into `<out_dir>/<first CSV's stem>.md` (and one plot per task): the rliable
     table, and the probability of improvement over magnitude, random and each lassoed criterion's `l1=0` ablation.
-    Seeds without a dense row of their own take their dense twin from the `dense_from` CSVs."""
+    Seeds without a dense row of their own take their dense twin from the `dense_from` CSVs; with
+    `seeds`, only those seeds' rows count (e.g. the seeds a grid in progress has completed)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     name = Path(paths[0]).stem
     twins = dense_twins(dense_from or [])
     lines: List[str] = []
     summary: Dict[str, Any] = {}
     for algo, env, mine in results.by_task(paths):
+        mine = [r for r in mine if seeds is None or int(r["seed"]) in seeds]
         dense = {int(r["seed"]): float(r["eval_return"]) for r in mine if r["criterion"] == "dense"}
         pruned = [r for r in mine if r["criterion"] != "dense"]
         seeds = {int(r["seed"]) for r in pruned}
@@ -150,7 +152,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--env", default="HalfCheetah-v5")
     ap.add_argument("--zoo", action="store_true", help="PPO with rl-zoo3's tuned settings instead of SB3's defaults")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: PPO 1M, SAC 100k)")
-    ap.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0-9"))
+    ap.add_argument("--seeds", type=parse_seeds, default=None, help="default 0-9; with --report, only these seeds' rows (default: all)")
     ap.add_argument("--method", type=lambda s: [] if s in ("dense", "none") else s.split(","), default=["bayes"],
                     help="criteria run with the group lasso at each --l1s value")
     ap.add_argument("--l1s", type=lambda s: [float(x) for x in s.split(",")], default=[0.0, 1e-5],
@@ -168,8 +170,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--out", default=str(ROOT / "docs"))
     args = ap.parse_args(argv)
     if args.report is not None:
-        report(args.report, Path(args.out), args.dense_from)
+        report(args.report, Path(args.out), args.dense_from, args.seeds)
         return
+    args.seeds = args.seeds if args.seeds is not None else parse_seeds("0-9")
     args.steps = args.steps or sb3_tasks.default_steps(args.algo)
     import torch
 

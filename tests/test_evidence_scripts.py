@@ -208,6 +208,8 @@ def test_during_training_grid_rows_and_rerun(tmp_path, capsys) -> None:
     compare_sb3.main(["--report", str(pruned_only), "--out", str(tmp_path), "--dense-from", str(twin_csv)])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
     assert "Dense twins of seeds 0 from" in (tmp_path / "pruned_only.md").read_text()
+    compare_sb3.main(["--report", str(pruned_only), "--out", str(tmp_path), "--dense-from", str(twin_csv), "--seeds", "1"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {}  # seed 1 has no rows: nothing to aggregate
 
 
 # ------------------------------------------------------------------------------------ TD-MPC2
