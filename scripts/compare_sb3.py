@@ -129,8 +129,8 @@ def report(paths: List[str], out_dir: Path, dense_from: Optional[List[str]] = No
         mine = [r for r in mine if seeds is None or int(r["seed"]) in seeds]
         dense = {int(r["seed"]): float(r["eval_return"]) for r in mine if r["criterion"] == "dense"}
         pruned = [r for r in mine if r["criterion"] != "dense"]
-        seeds = {int(r["seed"]) for r in pruned}
-        borrowed = {s: v for s, v in twins.get((algo, env), {}).items() if s not in dense and s in seeds}
+        pruned_seeds = {int(r["seed"]) for r in pruned}
+        borrowed = {s: v for s, v in twins.get((algo, env), {}).items() if s not in dense and s in pruned_seeds}
         dense.update(borrowed)
         if not dense or not pruned:
             continue

@@ -107,7 +107,7 @@ def load_replay_buffer(model: Any, path: Path) -> None:
 
     Continuing SAC with an empty buffer is not a short fine-tune: its first updates would fit a few
     transitions sampled hundreds of times each.  The buffer is not committed with the checkpoints
-    (~170 MB a SAC agent), so a checkpoint copied without it cannot be fine-tuned."""
+    (~300 MB a SAC agent: SB3 pickles all 1M slots), so a checkpoint copied without it cannot be fine-tuned."""
     buffer = path / REPLAY_BUFFER
     if not buffer.exists():
         raise SystemExit(f"{buffer} is missing: the fine-tune continues from the dense run's replay buffer, "
