@@ -11,6 +11,7 @@ one-shot (physically) and evaluated with deterministic actions:
                  observations) folded into the next layer's bias (`compensate=True`);
 * `finetune`     after a short fine-tune (`--finetune` of the training steps, default 5 %).
 * `finetune_explore` (PPO, opt-in: name it in `--protocols`) the same with the action log-std reset to 0 first.
+* `finetune_actor` (SAC, opt-in) the same fine-tune with only the actor pruned: the critics keep every unit.
 
 One training run per seed serves every cell.  Rows go to `--csv` as they finish (the grid resumes
 from it: rows already there are skipped, the dense checkpoints are reused from `--workdir`).
@@ -54,7 +55,9 @@ PROTOCOLS = ["dense", "oneshot", "compensated", "finetune"]  # SB3; TD-MPC2: tdm
 # opt-in (never in the default list): `finetune_explore` resets PPO's action log-std to 0 (std 1, as
 # PPO starts training) before the fine-tune, to test whether a trained policy's shrunken exploration
 # is what keeps a fine-tune near where pruning left it
-OPT_IN = {"ppo": ["finetune_explore"]}
+# `finetune_actor` (SAC) prunes the actor alone before the fine-tune, to test whether fine-tuning
+# against pruned critics is what undoes a good one-shot actor (the one-shot rows never use a critic)
+OPT_IN = {"ppo": ["finetune_explore"], "sac": ["finetune_actor"]}
 # every update observed (every_n_updates=1), as when the committed results were measured
 OBSERVER = dict(criterion="bayes", sparsity=0.0, observe=["all"], l1=0.0, heatmap=False, log_freq=10**9, every_n_updates=1)
 
@@ -123,6 +126,8 @@ def run_cell(args: argparse.Namespace, seed: int, criterion: str, sparsity: floa
         if protocol == "compensated":
             pruner.use_compensation()
             sb3_tasks.calibrate(model, sb3_tasks.observations(model, args.env, seed, venv, args.calibration))
+        if protocol == "finetune_actor":
+            pruner.config.budgets = {c: 0.0 for g in pruner.groups for c in g.components if c != "actor"}
         report = pruner.prune_to(sparsity=sparsity)
         info = {"params_ratio": report["params_ratio"], "flops_ratio": report.get("flops_ratio")}
         if finetune:
@@ -195,7 +200,7 @@ def report(paths: List[str], out_dir: Path) -> None:
                 sub, dense, lambda r: r["criterion"], CRITERIA, title, out_dir / f"sensitivity_{algo}_{env}_{protocol}.png"
             )
             lines += part
-        for protocol in [p for p in ("finetune", "finetune_explore") if any(r["protocol"] == p for r in mine)]:
+        for protocol in [p for p in known_protocols(algo) if p.startswith("finetune") and any(r["protocol"] == p for r in mine)]:
             part, summary[f"{algo}/{env}/{protocol}_diagnostics"] = finetune_diagnostics(mine, dense_of["dense"], protocol)
             lines += part
     results.write_report(lines, summary, out_dir / "sensitivity.md")

@@ -76,6 +76,14 @@ def test_sac_sensitivity_runs_every_protocol(tmp_path, capsys) -> None:
         (p, c) for p in ("oneshot", "compensated", "finetune") for c in ("fisher", "magnitude")]
     assert all(r["algo"] == "sac" and "--algo sac" in r["command"] for r in rows)
     assert len({r["eval_return"] for r in rows}) == len(rows)  # each cell is its own policy
+    pruned_all = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # the last row: finetune, magnitude
+    # opt-in: only the actor pruned before the fine-tune, the critics keep every unit
+    sensitivity.main(["--algo", "sac", "--env", "HalfCheetah-v5", "--steps", "10400", "--seeds", "0", "--episodes", "1", "--criteria", "magnitude",
+                      "--sparsities", "0.75", "--finetune", "0.02", "--protocols", "finetune_actor", "--workdir", str(tmp_path / "w"), "--csv", str(csv_path)])
+    actor_only = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "finetune_actor" not in sensitivity.protocols_of("sac") and "--protocols finetune_actor" in actor_only["command"]
+    assert pruned_all["params_ratio"] < 0.15 < 0.5 < actor_only["params_ratio"] < 1.0  # the critics hold most of SAC's weights
+    assert actor_only["eval_return"] != pruned_all["eval_return"]
     dense = tmp_path / "w" / "sac-HalfCheetah-v5-s0-10400" / "dense"
     model, _ = sb3_tasks.load("sac", "HalfCheetah-v5", 0, dense, training=True)
     assert model.replay_buffer.size() == 10400  # the fine-tune continues from the dense run's buffer
