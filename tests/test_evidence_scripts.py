@@ -85,7 +85,22 @@ def test_sac_sensitivity_runs_every_protocol(tmp_path, capsys) -> None:
     assert pruned_all["params_ratio"] < 0.15 < 0.5 < actor_only["params_ratio"] < 1.0  # the critics hold most of SAC's weights
     assert actor_only["eval_return"] != pruned_all["eval_return"]
     dense = tmp_path / "w" / "sac-HalfCheetah-v5-s0-10400" / "dense"
+
+    # how far one-shot pruning moves the actor and the critics, from the same checkpoint and its buffer
+    import analyse_sac_pruning
+
+    analyse_sac_pruning.main(["--checkpoint", str(dense), "--criteria", "fisher,random", "--sparsities", "0.5", "--samples", "256"])
+    far = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(far) == {"fisher@0.5", "random@0.5"}
+    for d in far.values():
+        assert d["actor_rms"] > 0 and d["critic_rel_rms"] > 0 and -1 <= d["dq_da_cos"] < 1 and d["dq_da_norm_ratio"] > 0
+
     model, _ = sb3_tasks.load("sac", "HalfCheetah-v5", 0, dense, training=True)
+    import torch
+
+    obs, act = (torch.as_tensor(x[:256, 0], dtype=torch.float32) for x in (model.replay_buffer.observations, model.replay_buffer.actions))
+    same = analyse_sac_pruning.distances(model, model, obs, act)  # an unpruned agent is at distance 0 from itself
+    assert same["actor_rms"] == same["critic_rel_rms"] == 0 and same["dq_da_cos"] == pytest.approx(1) and same["dq_da_norm_ratio"] == 1
     assert model.replay_buffer.size() == 10400  # the fine-tune continues from the dense run's buffer
     (dense / sb3_tasks.REPLAY_BUFFER).unlink()
     assert sb3_tasks.load("sac", "HalfCheetah-v5", 0, dense, training=False)[0].replay_buffer.size() == 0
