@@ -12,6 +12,8 @@ one-shot (physically) and evaluated with deterministic actions:
 * `finetune`     after a short fine-tune (`--finetune` of the training steps, default 5 %).
 * `finetune_explore` (PPO, opt-in: name it in `--protocols`) the same with the action log-std reset to 0 first.
 * `finetune_actor` (SAC, opt-in) the same fine-tune with only the actor pruned: the critics keep every unit.
+* `finetune_warmup` (SAC, opt-in) the `finetune` cell with the actor frozen for the first `--warmup` of the
+                 fine-tune (default 20 %): the pruned critics adapt before the actor follows their dQ/da.
 
 One training run per seed serves every cell.  Rows go to `--csv` as they finish (the grid resumes
 from it: rows already there are skipped, the dense checkpoints are reused from `--workdir`).
@@ -57,7 +59,9 @@ PROTOCOLS = ["dense", "oneshot", "compensated", "finetune"]  # SB3; TD-MPC2: tdm
 # is what keeps a fine-tune near where pruning left it
 # `finetune_actor` (SAC) prunes the actor alone before the fine-tune, to test whether fine-tuning
 # against pruned critics is what undoes a good one-shot actor (the one-shot rows never use a critic)
-OPT_IN = {"ppo": ["finetune_explore"], "sac": ["finetune_actor"]}
+# `finetune_warmup` (SAC) freezes the actor for the first `--warmup` of the fine-tune, to test whether
+# the actor is pulled off in the first updates by pruned critics that have not re-fit yet
+OPT_IN = {"ppo": ["finetune_explore"], "sac": ["finetune_actor", "finetune_warmup"]}
 # every update observed (every_n_updates=1), as when the committed results were measured
 OBSERVER = dict(criterion="bayes", sparsity=0.0, observe=["all"], l1=0.0, heatmap=False, log_freq=10**9, every_n_updates=1)
 
@@ -87,6 +91,31 @@ def dense_protocol(protocol: str) -> str:
 
 def dense_dir(args: argparse.Namespace, seed: int) -> Path:
     return Path(args.workdir) / f"{args.algo}{'-zoo' if args.zoo else ''}-{args.env}-s{seed}-{args.steps}" / "dense"
+
+
+def actor_warmup(steps: int) -> Any:
+    """An SB3 callback that keeps SAC's actor frozen for the first `steps` environment steps of a `learn`."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class ActorWarmup(BaseCallback):
+        def _on_training_start(self) -> None:
+            self.start = self.num_timesteps
+            self._freeze(steps > 0)
+
+        def _freeze(self, frozen: bool) -> None:
+            self.frozen = frozen
+            for p in self.model.actor.parameters():
+                p.requires_grad_(not frozen)  # no gradient, so Adam leaves the actor as it is
+
+        def _on_step(self) -> bool:
+            if self.frozen and self.num_timesteps - self.start > steps:
+                self._freeze(False)  # SAC's next gradient step is the actor's first
+            return True
+
+        def _on_training_end(self) -> None:
+            self._freeze(False)
+
+    return ActorWarmup()
 
 
 def train_dense(args: argparse.Namespace, seed: int, say) -> float:
@@ -135,7 +164,8 @@ def run_cell(args: argparse.Namespace, seed: int, criterion: str, sparsity: floa
                 with torch.no_grad():
                     model.policy.log_std.zero_()
             steps = int(round(args.finetune * args.steps))
-            model.learn(steps, reset_num_timesteps=False)
+            warmup = actor_warmup(int(round(args.warmup * steps))) if protocol == "finetune_warmup" else None
+            model.learn(steps, reset_num_timesteps=False, callback=warmup)
             info["finetune_steps"] = steps
     ret = sb3_tasks.evaluate(model, args.env, seed, venv, args.episodes)
     seconds = time.time() - t0
@@ -151,6 +181,7 @@ def row_command(args: argparse.Namespace, seed: int, criterion: str, sparsity: f
     return (
         f"python scripts/sensitivity.py --algo {args.algo} --env {args.env} --steps {args.steps} --seeds {seed} "
         f"--protocols {protocol} {cell} --episodes {args.episodes} --finetune {args.finetune:g}{' --zoo' if args.zoo else ''}"
+        + (f" --warmup {args.warmup:g}" if protocol == "finetune_warmup" else "")
         + "".join(f" --set {shlex.quote(t)}" for t in args.set)
     ).replace("  ", " ")
 
@@ -247,6 +278,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--zoo", action="store_true", help="PPO with rl-zoo3's tuned settings instead of SB3's defaults")
     ap.add_argument("--episodes", type=int, default=10, help="deterministic evaluation episodes per row")
     ap.add_argument("--finetune", type=float, default=0.05, help="fine-tune length as a fraction of --steps")
+    ap.add_argument("--warmup", type=float, default=0.2, help="finetune_warmup: the share of the fine-tune with the actor frozen (another value needs its own --csv: rows are keyed without it)")
     ap.add_argument("--calibration", type=int, default=2000, help="on-policy observations for the compensated means")
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "tdmpc_prune_sensitivity"), help="dense checkpoints")
     ap.add_argument("--csv", default=None, help="append rows here (resumes: rows already present are skipped)")

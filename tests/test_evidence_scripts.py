@@ -84,6 +84,17 @@ def test_sac_sensitivity_runs_every_protocol(tmp_path, capsys) -> None:
     assert "finetune_actor" not in sensitivity.protocols_of("sac") and "--protocols finetune_actor" in actor_only["command"]
     assert pruned_all["params_ratio"] < 0.15 < 0.5 < actor_only["params_ratio"] < 1.0  # the critics hold most of SAC's weights
     assert actor_only["eval_return"] != pruned_all["eval_return"]
+    # opt-in: the actor frozen for the whole fine-tune keeps its one-shot policy; frozen for half of it, it learns after
+    oneshot = {r["criterion"]: float(r["eval_return"]) for r in rows if r["protocol"] == "oneshot"}
+    warm = {}
+    for warmup in (1.0, 0.5):
+        sensitivity.main(["--algo", "sac", "--env", "HalfCheetah-v5", "--steps", "10400", "--seeds", "0", "--episodes", "1", "--criteria", "magnitude",
+                          "--sparsities", "0.75", "--finetune", "0.02", "--protocols", "finetune_warmup", "--warmup", str(warmup),
+                          "--workdir", str(tmp_path / "w"), "--csv", str(tmp_path / f"warmup{warmup}.csv")])
+        warm[warmup] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "finetune_warmup" not in sensitivity.protocols_of("sac") and "--warmup 0.5" in warm[0.5]["command"]
+    assert warm[1.0]["eval_return"] == pytest.approx(oneshot["magnitude"], abs=5e-4)  # the CSV keeps 3 decimals
+    assert warm[0.5]["eval_return"] not in (oneshot["magnitude"], pruned_all["eval_return"])
     dense = tmp_path / "w" / "sac-HalfCheetah-v5-s0-10400" / "dense"
 
     # how far one-shot pruning moves the actor and the critics, from the same checkpoint and its buffer
