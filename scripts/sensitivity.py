@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -186,28 +186,59 @@ def row_command(args: argparse.Namespace, seed: int, criterion: str, sparsity: f
     ).replace("  ", " ")
 
 
+def settings_of(command: str, protocol: str) -> Dict[str, List[str]]:
+    """The settings a row's command records that change its result but not its CSV key (those `protocol` uses)."""
+    used = ["--steps", "--episodes", "--set"] + (["--finetune"] if protocol.startswith("finetune") else [])
+    used += ["--warmup"] if protocol == "finetune_warmup" else []
+    words, out = shlex.split(command), {}
+    for flag, value in zip(words, words[1:]):
+        if flag in used:
+            out.setdefault(flag, []).append(value)
+    return out
+
+
+def planned_rows(args: argparse.Namespace) -> Iterator[Tuple[int, str, str, float, Dict[str, Any]]]:
+    """Every cell of the grid, seed-major: a grid cut short leaves whole seeds, and each dense agent is needed once."""
+    for seed in args.seeds:
+        for protocol in args.protocols:
+            cells = [("dense", 0.0)] if protocol.startswith("dense") else [(c, s) for s in args.sparsities for c in args.criteria]
+            for criterion, sparsity in cells:
+                row = dict(algo=args.algo + ("-zoo" if args.zoo else ""), env=args.env, criterion=criterion, sparsity=sparsity, seed=seed, l1=0.0, protocol=protocol)
+                yield seed, protocol, criterion, sparsity, row
+
+
+def check_settings(csv_path: Path, recorded: Dict[Any, str], args: argparse.Namespace) -> None:
+    """Refuse, before anything runs, a grid whose cells the CSV already holds under other settings (they would be skipped)."""
+    for seed, protocol, criterion, sparsity, row in planned_rows(args):
+        old = recorded.get(results.key(row))
+        if old is None:
+            continue
+        then, now = settings_of(old, protocol), settings_of(row_command(args, seed, criterion, sparsity, protocol), protocol)
+        if then != now:
+            differ = ", ".join(f"{f} {' '.join(then.get(f, ['(none)']))} there, {' '.join(now.get(f, ['(none)']))} here" for f in sorted(set(then) | set(now)) if then.get(f) != now.get(f))
+            raise SystemExit(f"{csv_path} already holds seed {seed} {protocol} {criterion} {sparsity:g}, run with other settings ({differ}); "
+                             "rows are keyed without them, so this grid would skip it: pass another --csv, or the settings the CSV records")
+
+
 def grid(args: argparse.Namespace) -> None:
     say = sb3_tasks.progress_printer("sensitivity")
     csv_path = Path(args.csv) if args.csv else None
-    done = results.done(csv_path) if csv_path else set()
+    recorded = {results.key(r): r["command"] for r in results.read(csv_path)} if csv_path else {}
+    if csv_path:
+        check_settings(csv_path, recorded, args)
     commit = results.commit_of(ROOT)
     last: Optional[Dict[str, Any]] = None
-    for seed in args.seeds:  # seed-major: a grid cut short leaves whole seeds, and each dense agent is needed once
-        for protocol in args.protocols:
-            dense = protocol.startswith("dense")
-            cells = [("dense", 0.0)] if dense else [(c, s) for s in args.sparsities for c in args.criteria]
-            for criterion, sparsity in cells:
-                row = dict(algo=args.algo + ("-zoo" if args.zoo else ""), env=args.env, criterion=criterion, sparsity=sparsity, seed=seed, l1=0.0, protocol=protocol)
-                if results.key(row) in done:
-                    continue
-                if args.algo == "tdmpc2":
-                    where = (args.env, args.steps, seed, args.workdir, args.set)
-                    tdmpc2_tasks.train_dense(*where, say)
-                    out = tdmpc2_tasks.run_cell(*where, criterion, sparsity, protocol, args.episodes, say)
-                else:
-                    train_dense(args, seed, say)
-                    out = run_cell(args, seed, criterion, sparsity, protocol, say)
-                last = results.record(csv_path, row, out, commit, row_command(args, seed, criterion, sparsity, protocol))
+    for seed, protocol, criterion, sparsity, row in planned_rows(args):
+        if results.key(row) in recorded:
+            continue
+        if args.algo == "tdmpc2":
+            where = (args.env, args.steps, seed, args.workdir, args.set)
+            tdmpc2_tasks.train_dense(*where, say)
+            out = tdmpc2_tasks.run_cell(*where, criterion, sparsity, protocol, args.episodes, say)
+        else:
+            train_dense(args, seed, say)
+            out = run_cell(args, seed, criterion, sparsity, protocol, say)
+        last = results.record(csv_path, row, out, commit, row_command(args, seed, criterion, sparsity, protocol))
     results.print_last(last)
 
 
@@ -278,7 +309,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--zoo", action="store_true", help="PPO with rl-zoo3's tuned settings instead of SB3's defaults")
     ap.add_argument("--episodes", type=int, default=10, help="deterministic evaluation episodes per row")
     ap.add_argument("--finetune", type=float, default=0.05, help="fine-tune length as a fraction of --steps")
-    ap.add_argument("--warmup", type=float, default=0.2, help="finetune_warmup: the share of the fine-tune with the actor frozen (another value needs its own --csv: rows are keyed without it)")
+    ap.add_argument("--warmup", type=float, default=0.2, help="finetune_warmup: the share of the fine-tune with the actor frozen (rows are keyed without it: a CSV holding another value refuses the run)")
     ap.add_argument("--calibration", type=int, default=2000, help="on-policy observations for the compensated means")
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "tdmpc_prune_sensitivity"), help="dense checkpoints")
     ap.add_argument("--csv", default=None, help="append rows here (resumes: rows already present are skipped)")

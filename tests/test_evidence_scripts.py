@@ -34,6 +34,13 @@ def test_sensitivity_rows_resume_and_rerun_from_their_command(tmp_path, capsys) 
     sensitivity.main(args)  # everything is there: nothing re-runs
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["eval_return"] is None
     assert {results.key(r): r["eval_return"] for r in results.read(csv_path)} == first
+    # rows are keyed without the fine-tune length or the episodes: other values are refused before anything runs, not skipped
+    for flag, value, there in (("--finetune", "0.25", "0.5"), ("--episodes", "3", "1")):
+        changed = args + [flag, value]
+        with pytest.raises(SystemExit, match=f"already holds seed 0 .*{flag} {there} there, {value} here.*another --csv"):
+            sensitivity.main(changed)
+    sensitivity.main(args + ["--finetune", "0.25", "--protocols", "dense,oneshot"])  # protocols that do not fine-tune ignore it
+    assert {results.key(r): r["eval_return"] for r in results.read(csv_path)} == first
 
     # a row's command re-runs exactly that row (here from this checkout, its dense agent trained again)
     row = next(r for r in rows if r["protocol"] == "oneshot" and r["criterion"] == "bayes")
