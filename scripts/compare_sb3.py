@@ -73,6 +73,9 @@ def run_one(args: argparse.Namespace, seed: int, criterion: str, sparsity: float
     return out
 
 
+SETTINGS = ("--steps", "--episodes")  # change a run's result, are not in its row's key
+
+
 def row_command(args: argparse.Namespace, seed: int, criterion: str, sparsity: float, l1: float) -> str:
     if criterion == "dense":
         what = "--method dense --baselines none --sparsities 0"
@@ -87,12 +90,14 @@ def row_command(args: argparse.Namespace, seed: int, criterion: str, sparsity: f
 def grid(args: argparse.Namespace) -> None:
     say = sb3_tasks.progress_printer("compare_sb3")
     csv_path = Path(args.csv) if args.csv else None
+    algo = args.algo + ("-zoo" if args.zoo else "")
+    rows = [(dict(algo=algo, env=args.env, criterion=c, sparsity=s, seed=seed, l1=l1, protocol="during"), (seed, c, s, l1)) for seed, c, s, l1 in runs(args)]
+    if csv_path:
+        results.refuse_other_settings(csv_path, ((row, row_command(args, *run)) for row, run in rows), lambda row: SETTINGS)
     done = results.done(csv_path) if csv_path else set()
     commit = results.commit_of(ROOT)
-    algo = args.algo + ("-zoo" if args.zoo else "")
     last: Optional[Dict[str, Any]] = None
-    for seed, criterion, sparsity, l1 in runs(args):
-        row = dict(algo=algo, env=args.env, criterion=criterion, sparsity=sparsity, seed=seed, l1=l1, protocol="during")
+    for row, (seed, criterion, sparsity, l1) in rows:
         if results.key(row) in done:
             continue
         out = run_one(args, seed, criterion, sparsity, l1)

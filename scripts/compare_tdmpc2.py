@@ -84,6 +84,9 @@ def outcome(directory: str, steps: int) -> Optional[Dict[str, Any]]:
             "plan_ms": last.get("prune/plan_ms")}
 
 
+SETTINGS = ("--model-size", "--steps", "--seed-steps", "--eval-freq", "--episodes", "--set")  # change a run's result, are not in its row's key
+
+
 def row_command(args: argparse.Namespace, seed: int, criterion: str, sparsity: float) -> str:
     what = "--criteria none" if criterion == "dense" else f"--criteria {criterion} --sparsities {sparsity:g} --no-dense"
     extra = "".join(f" --set {shlex.quote(t)}" for t in args.set)
@@ -108,12 +111,18 @@ def grid(args: argparse.Namespace) -> None:
     from tdmpc_prune.tdmpc2.train import run_directory
 
     csv_path = Path(args.csv) if args.csv else None
+    def rows_of(criterion: str, sparsity: float) -> Dict[int, Dict[str, Any]]:
+        return {seed: dict(algo="tdmpc2", env=args.task, criterion=criterion, sparsity=sparsity, seed=seed, l1=l1_of(args),
+                           protocol="during") for seed in args.seeds}
+
+    if csv_path:
+        planned = ((row, row_command(args, seed, c, s)) for c, s in cells(args) for seed, row in rows_of(c, s).items())
+        results.refuse_other_settings(csv_path, planned, lambda row: SETTINGS)
     done = results.done(csv_path) if csv_path else set()
     commit = results.commit_of(ROOT)
     last: Optional[Dict[str, Any]] = None
     for criterion, sparsity in cells(args):
-        rows = {seed: dict(algo="tdmpc2", env=args.task, criterion=criterion, sparsity=sparsity, seed=seed, l1=l1_of(args),
-                           protocol="during") for seed in args.seeds}
+        rows = rows_of(criterion, sparsity)
         todo = [seed for seed, row in rows.items() if results.key(row) not in done]
         if not todo:
             continue

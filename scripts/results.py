@@ -12,9 +12,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import subprocess
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -41,6 +42,34 @@ def read(path: Path) -> List[Dict[str, str]]:
 
 def done(path: Path) -> set:
     return {key(r) for r in read(path)}
+
+
+def settings_of(command: str, flags: Sequence[str]) -> Dict[str, List[str]]:
+    """The values a row's `command` gives each of `flags` (settings that change a result but are not in its key)."""
+    words, out = shlex.split(command), {}
+    for flag, value in zip(words, words[1:]):
+        if flag in flags:
+            out.setdefault(flag, []).append(value)
+    return out
+
+
+def refuse_other_settings(path: Path, planned: Iterable[Tuple[Mapping[str, object], str]],
+                          flags_of: Callable[[Mapping[str, object]], Sequence[str]]) -> None:
+    """Stop a grid, before anything runs, if `path` holds one of its `planned` (row, command) cells run with other
+    values of the settings `flags_of(row)` names: rows are keyed without them, so the grid would skip that cell."""
+    recorded = {key(r): r["command"] for r in read(path)}
+    for row, command in planned:
+        old = recorded.get(key(row))
+        if old is None:
+            continue
+        flags = flags_of(row)
+        then, now = settings_of(old, flags), settings_of(command, flags)
+        if then != now:
+            differ = ", ".join(f"{f} {' '.join(then.get(f, ['(none)']))} there, {' '.join(now.get(f, ['(none)']))} here"
+                               for f in flags if then.get(f) != now.get(f))
+            cell = " ".join(str(row[c]) for c in ("protocol", "criterion", "sparsity"))
+            raise SystemExit(f"{path} already holds seed {row['seed']} {cell}, run with other settings ({differ}); rows are keyed "
+                             "without them, so this grid would skip it: pass another --csv, or the settings the CSV records")
 
 
 def append(path: Path, row: Mapping[str, object]) -> None:

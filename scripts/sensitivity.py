@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -186,15 +186,11 @@ def row_command(args: argparse.Namespace, seed: int, criterion: str, sparsity: f
     ).replace("  ", " ")
 
 
-def settings_of(command: str, protocol: str) -> Dict[str, List[str]]:
-    """The settings a row's command records that change its result but not its CSV key (those `protocol` uses)."""
-    used = ["--steps", "--episodes", "--set"] + (["--finetune"] if protocol.startswith("finetune") else [])
-    used += ["--warmup"] if protocol == "finetune_warmup" else []
-    words, out = shlex.split(command), {}
-    for flag, value in zip(words, words[1:]):
-        if flag in used:
-            out.setdefault(flag, []).append(value)
-    return out
+def settings(row: Mapping[str, object]) -> List[str]:
+    """The flags that change a `row`'s result but not its CSV key."""
+    protocol = str(row["protocol"])
+    return (["--steps", "--episodes", "--set"] + (["--finetune"] if protocol.startswith("finetune") else [])
+            + (["--warmup"] if protocol == "finetune_warmup" else []))
 
 
 def planned_rows(args: argparse.Namespace) -> Iterator[Tuple[int, str, str, float, Dict[str, Any]]]:
@@ -207,29 +203,17 @@ def planned_rows(args: argparse.Namespace) -> Iterator[Tuple[int, str, str, floa
                 yield seed, protocol, criterion, sparsity, row
 
 
-def check_settings(csv_path: Path, recorded: Dict[Any, str], args: argparse.Namespace) -> None:
-    """Refuse, before anything runs, a grid whose cells the CSV already holds under other settings (they would be skipped)."""
-    for seed, protocol, criterion, sparsity, row in planned_rows(args):
-        old = recorded.get(results.key(row))
-        if old is None:
-            continue
-        then, now = settings_of(old, protocol), settings_of(row_command(args, seed, criterion, sparsity, protocol), protocol)
-        if then != now:
-            differ = ", ".join(f"{f} {' '.join(then.get(f, ['(none)']))} there, {' '.join(now.get(f, ['(none)']))} here" for f in sorted(set(then) | set(now)) if then.get(f) != now.get(f))
-            raise SystemExit(f"{csv_path} already holds seed {seed} {protocol} {criterion} {sparsity:g}, run with other settings ({differ}); "
-                             "rows are keyed without them, so this grid would skip it: pass another --csv, or the settings the CSV records")
-
-
 def grid(args: argparse.Namespace) -> None:
     say = sb3_tasks.progress_printer("sensitivity")
     csv_path = Path(args.csv) if args.csv else None
-    recorded = {results.key(r): r["command"] for r in results.read(csv_path)} if csv_path else {}
     if csv_path:
-        check_settings(csv_path, recorded, args)
+        planned = ((row, row_command(args, seed, c, s, p)) for seed, p, c, s, row in planned_rows(args))
+        results.refuse_other_settings(csv_path, planned, settings)
+    done = results.done(csv_path) if csv_path else set()
     commit = results.commit_of(ROOT)
     last: Optional[Dict[str, Any]] = None
     for seed, protocol, criterion, sparsity, row in planned_rows(args):
-        if results.key(row) in recorded:
+        if results.key(row) in done:
             continue
         if args.algo == "tdmpc2":
             where = (args.env, args.steps, seed, args.workdir, args.set)
@@ -312,7 +296,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--warmup", type=float, default=0.2, help="finetune_warmup: the share of the fine-tune with the actor frozen (rows are keyed without it: a CSV holding another value refuses the run)")
     ap.add_argument("--calibration", type=int, default=2000, help="on-policy observations for the compensated means")
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "tdmpc_prune_sensitivity"), help="dense checkpoints")
-    ap.add_argument("--csv", default=None, help="append rows here (resumes: rows already present are skipped)")
+    ap.add_argument("--csv", default=None, help="append rows here (resumes: rows already present are skipped; a row held under other settings is refused)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report", nargs="*", default=None, help="CSV files to aggregate (no training)")
     ap.add_argument("--out", default=str(ROOT / "docs"), help="where --report writes sensitivity.md and the plots")

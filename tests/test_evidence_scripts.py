@@ -226,6 +226,8 @@ def test_during_training_grid_rows_and_rerun(tmp_path, capsys) -> None:
     rows = results.read(csv_path)
     assert [(r["criterion"], float(r["l1"])) for r in rows] == [("dense", 0.0), ("bayes", 0.0), ("bayes", 1e-5), ("random", 0.0)]
     assert len({r["eval_return"] for r in rows}) == 4  # pruning and the lasso changed each run
+    with pytest.raises(SystemExit, match=r"already holds seed 0 during dense 0.0, .*--steps 4096 there, 2048 here"):
+        compare_sb3.main(args + ["--steps", "2048"])  # rows are keyed without the training length: refused, not skipped
     row = rows[2]
     cmd = shlex.split(row["command"])
     out = subprocess.run([sys.executable, *cmd[1:], "--logdir", str(tmp_path / "tb2")], cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -275,6 +277,9 @@ def test_tdmpc2_comparison_rows_resume_rerun_and_report(tmp_path, capsys) -> Non
     capsys.readouterr()
     compare_tdmpc2.main(args)  # resumes: every row is there, nothing runs
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["eval_return"] is None
+    with pytest.raises(SystemExit, match=r"already holds seed 1 during dense 0.0, .*--set .*batch_size=8 .* there, .*batch_size=16 here"):
+        compare_tdmpc2.main(args + ["--set", "batch_size=16"])  # another override: refused before anything runs
+    assert results.read(csv_path) == rows
 
     cmd = shlex.split(rows[1]["command"])
     assert cmd[:2] == ["python", "scripts/compare_tdmpc2.py"]
