@@ -111,6 +111,7 @@ def grid(args: argparse.Namespace) -> None:
     from tdmpc_prune.tdmpc2.train import run_directory
 
     csv_path = Path(args.csv) if args.csv else None
+
     def rows_of(criterion: str, sparsity: float) -> Dict[int, Dict[str, Any]]:
         return {seed: dict(algo="tdmpc2", env=args.task, criterion=criterion, sparsity=sparsity, seed=seed, l1=l1_of(args),
                            protocol="during") for seed in args.seeds}
